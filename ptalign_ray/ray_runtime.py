@@ -1,0 +1,47 @@
+"""Starting or joining Ray: a local Ray stays on loopback, a cluster is joined by address."""
+
+from __future__ import annotations
+
+import os
+
+from ptalign_ray.config import RayConfig
+
+# Set before Ray starts so the raylet, GCS and every worker stay on loopback.
+LOCAL_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def init_ray(cfg: RayConfig, quiet: bool = False):
+    """Connects to Ray once per process: a local instance on 127.0.0.1 unless an address is given."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+    else:
+        for key, value in LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
+        # vLLM engines and Serve replicas want more logical CPUs than this machine has cores;
+        # logical CPUs are scheduling slots, not threads, so oversubscribing is safe.
+        num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+        mem = int(cfg.object_store_memory_gib * 2**30) if cfg.object_store_memory_gib else None
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=mem,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=not quiet,
+            runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_ENV}},
+        )
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+    return ray

@@ -1,0 +1,1 @@
+"""Self-synthesis: seeds -> topics -> red-team questions -> positive / toxic responses."""

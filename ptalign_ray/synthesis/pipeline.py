@@ -1,0 +1,273 @@
+"""The synthesis stage on Ray Data: seeds -> topics -> questions -> positive / toxic responses.
+
+Each step is a Ray Dataset transformation (vLLM generation through ray.data.llm, list parsing with
+flat_map, dedup with groupby / a single-block map_batches). The output of the topic and question
+steps is checkpointed in the run's work folder, so an interrupted stage resumes at the first
+unfinished step; the finished stage is renamed into place atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ptalign_ray.config import PipelineConfig
+from ptalign_ray.generation import generate, token_stats
+from ptalign_ray.runs import MANIFEST, RunDir, StepTimer, read_json, versions, write_json_atomic
+from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
+from ptalign_ray.synthesis.dedup import near_duplicate_mask
+from ptalign_ray.synthesis.parsing import parse_questions, parse_topics
+from ptalign_ray.synthesis.prompts import question_messages, response_messages, topic_messages
+
+STAGE = "synthesis"
+COLUMNS = [
+    "id", "domain", "topic", "question", "positive", "toxic",
+    "positive_tokens", "toxic_tokens", "positive_truncated", "toxic_truncated", "model", "config_hash",
+]  # fmt: skip
+
+
+class StageConfigMismatch(RuntimeError):
+    """A finished stage was produced with a different config."""
+
+
+def question_id(question: str) -> str:
+    return hashlib.sha1(question.strip().lower().encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: PipelineConfig, seeds: Seeds) -> str:
+    h = hashlib.sha256(f"{cfg.section_hash('model', 'synthesis', 'seed')}:{seeds_hash(seeds)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _checkpointed(work: Path, name: str, chash: str, compute: Callable[[], tuple[pd.DataFrame, dict]]):
+    """Runs a step once per config hash; returns (dataframe, stats) from the checkpoint on rerun."""
+    data, meta = work / f"{name}.parquet", work / f"{name}.json"
+    if data.is_file() and meta.is_file() and read_json(meta).get("config_hash") == chash:
+        stats = read_json(meta)["stats"]
+        stats["resumed"] = True
+        return pd.read_parquet(data), stats
+    df, stats = compute()
+    _write_parquet_atomic(df, data)
+    write_json_atomic(meta, {"config_hash": chash, "stats": stats})
+    return df, stats
+
+
+def _dedupe_frame(df: pd.DataFrame, column: str, threshold: float, reference: list[str] = ()) -> pd.DataFrame:
+    """Drops near-duplicate rows (and rows that near-copy a reference text, e.g. a seed question)."""
+    texts = list(reference) + df[column].tolist()
+    keep = near_duplicate_mask(texts, threshold)[len(reference) :]
+    return df[keep].reset_index(drop=True)
+
+
+def _step_topics(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str):
+    syn = cfg.synthesis
+    rows = [
+        {"domain": d.name, "description": d.description, "sample": s}
+        for d in seeds.domains
+        for s in range(syn.topic_samples)
+    ]
+    n_topics = syn.topics_per_domain
+    sampling = syn.topic_sampling.to_vllm()
+    gen = generate(
+        ray_data.from_items(rows),
+        model_path, cfg.model, cfg.engine,
+        messages_of=lambda r: topic_messages(r["domain"], r["description"], n_topics),
+        sampling_of=lambda r: sampling,
+        keep=("domain",),
+    ).materialize()  # fmt: skip
+    stats = token_stats(gen)
+
+    def explode(row: dict) -> list[dict]:
+        return [{"domain": row["domain"], "topic": t} for t in parse_topics(row["generated_text"])]
+
+    threshold, cap = syn.dedup_threshold, syn.max_topics_per_domain
+
+    def per_domain(group: pd.DataFrame) -> pd.DataFrame:
+        return _dedupe_frame(group.reset_index(drop=True), "topic", threshold).head(cap)
+
+    parsed = gen.flat_map(explode).materialize()
+    stats["topics_parsed"] = parsed.count()
+    kept = parsed.groupby("domain").map_groups(per_domain, batch_format="pandas") if stats["topics_parsed"] else parsed
+    df = kept.to_pandas() if stats["topics_parsed"] else pd.DataFrame(columns=["domain", "topic"])
+    df = df.sort_values(["domain"], kind="stable").reset_index(drop=True)
+    stats["topics_kept"] = len(df)
+    stats["domains_without_topics"] = sorted(set(d.name for d in seeds.domains) - set(df["domain"]))
+    return df, stats
+
+
+def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str, topics: pd.DataFrame):
+    syn = cfg.synthesis
+    rng = random.Random(cfg.seed)
+    all_seed_questions = [q.question for q in seeds.seed_questions]
+    rows = []
+    for r in topics.itertuples():
+        own = seeds.questions_for(r.domain)
+        others = [q for q in all_seed_questions if q not in own]
+        pool = own + rng.sample(others, k=len(others))
+        rows.append({"domain": r.domain, "topic": r.topic, "examples": pool[: syn.few_shot_questions]})
+    n_q = syn.questions_per_topic
+    sampling = syn.question_sampling.to_vllm()
+    gen = generate(
+        ray_data.from_items(rows),
+        model_path, cfg.model, cfg.engine,
+        messages_of=lambda r: question_messages(r["domain"], r["topic"], list(r["examples"]), n_q),
+        sampling_of=lambda r: sampling,
+        keep=("domain", "topic"),
+    ).materialize()  # fmt: skip
+    stats = token_stats(gen)
+    lo, hi = syn.min_question_chars, syn.max_question_chars
+
+    def explode(row: dict) -> list[dict]:
+        qs = parse_questions(row["generated_text"], lo, hi)
+        return [{"domain": row["domain"], "topic": row["topic"], "question": q} for q in qs]
+
+    threshold = syn.dedup_threshold
+    seed_refs = seeds.all_questions()
+
+    def dedupe(batch: pd.DataFrame) -> pd.DataFrame:
+        out = _dedupe_frame(batch.reset_index(drop=True), "question", threshold, reference=seed_refs)
+        out.insert(0, "id", [question_id(q) for q in out["question"]])
+        return out
+
+    parsed = gen.flat_map(explode).materialize()
+    stats["questions_parsed"] = parsed.count()
+    if stats["questions_parsed"]:
+        # Global dedup needs every question in one place: one block, handled by the filter's index.
+        df = parsed.repartition(1).map_batches(dedupe, batch_size=None, batch_format="pandas").to_pandas()
+    else:
+        df = pd.DataFrame(columns=["id", "domain", "topic", "question"])
+    stats["questions_kept"] = len(df)
+    stats["near_duplicates_dropped"] = stats["questions_parsed"] - len(df)
+    return df, stats
+
+
+def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str, questions: pd.DataFrame, chash: str, model_name: str):
+    syn = cfg.synthesis
+    params = {"positive": syn.positive_sampling.to_vllm(), "toxic": syn.toxic_sampling.to_vllm()}
+    rows = [
+        {"id": r.id, "question": r.question, "polarity": p}
+        for r in questions.itertuples()
+        for p in ("positive", "toxic")
+    ]
+    gen = generate(
+        ray_data.from_items(rows),
+        model_path, cfg.model, cfg.engine,
+        messages_of=lambda r: response_messages(seeds, r["question"], r["polarity"]),
+        sampling_of=lambda r: params[r["polarity"]],
+        keep=("id", "polarity"),
+    ).materialize()  # fmt: skip
+    stats = token_stats(gen)
+    out = gen.to_pandas()
+    wide = out.pivot(index="id", columns="polarity", values=["generated_text", "num_generated_tokens"])
+    df = questions.set_index("id").join(
+        pd.DataFrame(
+            {
+                "positive": wide[("generated_text", "positive")].str.strip(),
+                "toxic": wide[("generated_text", "toxic")].str.strip(),
+                "positive_tokens": wide[("num_generated_tokens", "positive")].astype(int),
+                "toxic_tokens": wide[("num_generated_tokens", "toxic")].astype(int),
+            }
+        ),
+        how="inner",
+    ).reset_index()
+    df["positive_truncated"] = df["positive_tokens"] >= params["positive"]["max_tokens"]
+    df["toxic_truncated"] = df["toxic_tokens"] >= params["toxic"]["max_tokens"]
+    empty = (df["positive"] == "") | (df["toxic"] == "")
+    stats["empty_responses_dropped"] = int(empty.sum())
+    df = df[~empty].reset_index(drop=True)
+    df["model"] = model_name
+    df["config_hash"] = chash
+    stats["triplets"] = len(df)
+    return df[COLUMNS], stats
+
+
+def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = False, log=print) -> dict:
+    """Runs (or resumes) the synthesis stage; returns its manifest. A finished stage is a no-op."""
+    import ray.data as ray_data
+
+    seeds = load_seeds(cfg.seeds)
+    chash = config_hash(cfg, seeds)
+    if force:
+        run.clear(STAGE)
+    if run.is_done(STAGE):
+        manifest = run.manifest(STAGE)
+        if manifest.get("config_hash") != chash:
+            raise StageConfigMismatch(
+                f"{run.stage_dir(STAGE)} was synthesised with another config (hash {manifest.get('config_hash')}, "
+                f"now {chash}); rerun with --force to replace it, or use another --run-dir"
+            )
+        log(f"[synthesis] already finished in {run.stage_dir(STAGE)} (use --force to redo it)")
+        return manifest
+
+    work = run.work_dir(STAGE)
+    timer = StepTimer()
+    log(f"[synthesis] {len(seeds.domains)} domains, {seeds.annotation_count} seed annotations, model {cfg.model.name_or_path}")
+
+    with timer.step("topics") as rec:
+        topics, stats = _checkpointed(work, "topics", chash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
+        rec.update(stats)
+    log(f"[synthesis] topics: {rec['topics_kept']} kept of {rec['topics_parsed']} parsed ({rec['seconds']}s)")
+    if topics.empty:
+        raise RuntimeError("the model produced no usable topics; check the model and synthesis.topic_sampling")
+
+    with timer.step("questions") as rec:
+        questions, stats = _checkpointed(
+            work, "questions", chash, lambda: _step_questions(ray_data, cfg, seeds, model_path, topics)
+        )
+        rec.update(stats)
+    log(
+        f"[synthesis] questions: {rec['questions_kept']} kept of {rec['questions_parsed']} parsed, "
+        f"{rec['near_duplicates_dropped']} near-duplicates dropped ({rec['seconds']}s)"
+    )
+    if questions.empty:
+        raise RuntimeError("the model produced no usable questions; check synthesis.question_sampling")
+
+    with timer.step("responses") as rec:
+        triplets, stats = _step_responses(ray_data, cfg, seeds, model_path, questions, chash, cfg.model.name_or_path)
+        rec.update(stats)
+    log(f"[synthesis] responses: {rec['triplets']} triplets ({rec['seconds']}s)")
+
+    generated = sum(s.get("generated_tokens", 0) for s in timer.steps.values())
+    manifest = {
+        "stage": STAGE,
+        "config_hash": chash,
+        "model": cfg.model.name_or_path,
+        "model_path": model_path,
+        "seeds": {"source": cfg.seeds, "hash": seeds_hash(seeds), **seeds.annotation_breakdown,
+                  "total": seeds.annotation_count},
+        "steps": timer.steps,
+        "counts": {
+            "domains": len(seeds.domains),
+            "topics": len(topics),
+            "questions": len(questions),
+            "triplets": len(triplets),
+        },
+        "tokens": {
+            "generated": generated,
+            "input": sum(s.get("input_tokens", 0) for s in timer.steps.values()),
+        },
+        "wall_seconds": timer.wall_seconds,
+        "generated_tokens_per_second": round(generated / max(timer.wall_seconds, 1e-9), 1),
+        "config": cfg.model_dump(mode="json", include={"model", "synthesis", "engine", "seed"}),
+        "versions": versions(),
+    }  # fmt: skip
+    with run.building(STAGE) as tmp:
+        _write_parquet_atomic(triplets, tmp / "data" / "triplets.parquet")
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def load_triplets(run: RunDir) -> pd.DataFrame:
+    return pd.read_parquet(run.data_dir(STAGE))

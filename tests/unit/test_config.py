@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from ptalign_ray.config import ConfigError, PipelineConfig, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, PipelineConfig)
+
+
+def test_default_config_is_the_embedded_cpu_default():
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    assert cfg.model.name_or_path == "embedded:smollm2-135m-instruct"
+    assert cfg.engine.device == "cpu"
+    assert cfg.serving.host == "127.0.0.1" and cfg.judge.host == "127.0.0.1"
+
+
+def test_bad_enum_names_field_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"training": {"mask_mode": "tokens"}})
+    msg = str(err.value)
+    assert "training.mask_mode" in msg
+    assert "'diff'" in msg and "'all'" in msg and "'judge'" in msg
+    assert "'tokens'" in msg
+
+
+def test_unknown_key_is_rejected_with_its_path():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"synthesis": {"topics_per_domian": 3}})
+    assert "synthesis.topics_per_domian" in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_out_of_range_value_names_field():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"synthesis": {"dedup_threshold": 1.5}})
+    assert "synthesis.dedup_threshold" in str(err.value)
+
+
+def test_autoscaling_pool_needs_min_le_max():
+    assert parse_config({"engine": {"concurrency": [1, 4]}}).engine.concurrency == (1, 4)
+    with pytest.raises(ConfigError, match="min <= max"):
+        parse_config({"engine": {"concurrency": [4, 1]}})
+
+
+def test_yaml_errors_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_section_hash_is_stable_and_sensitive():
+    a, b = PipelineConfig(), PipelineConfig()
+    assert a.section_hash("synthesis") == b.section_hash("synthesis")
+    b.synthesis.questions_per_topic += 1
+    assert a.section_hash("synthesis") != b.section_hash("synthesis")
+    assert a.section_hash("training") == b.section_hash("training")
