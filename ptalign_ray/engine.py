@@ -37,7 +37,7 @@ def engine_kwargs(model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
         pipeline_parallel_size=engine.pipeline_parallel_size,
         max_num_seqs=engine.max_num_seqs,
         trust_remote_code=model.trust_remote_code,
-        enforce_eager=engine.enforce_eager,
+        enforce_eager=engine.device == "cpu" if engine.enforce_eager is None else engine.enforce_eager,
     )
     if engine.device == "gpu":
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
@@ -88,21 +88,45 @@ def sampling_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "seed"} | {"detokenize": True}
 
 
-def direct_llm(model_path: str, model: ModelConfig, engine: EngineConfig):
-    """An in-process vllm.LLM with the same arguments (benchmarks' baseline)."""
+# vLLM only accepts these values for max_lora_rank.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def direct_llm(model_path: str, model: ModelConfig, engine: EngineConfig, lora_rank: Optional[int] = None):
+    """An in-process vllm.LLM with the same arguments (benchmarks' baseline).
+
+    ``lora_rank``: enable run-time LoRA adapters up to that rank (see :func:`lora_request`).
+    """
     os.environ.update(engine_env(engine))
     from vllm import LLM
 
-    return LLM(model=model_path, **engine_kwargs(model, engine))
+    kwargs = engine_kwargs(model, engine)
+    if lora_rank is not None:
+        fits = [r for r in _LORA_RANKS if r >= lora_rank]
+        if not fits:
+            raise ValueError(f"LoRA rank {lora_rank} is above vLLM's maximum {_LORA_RANKS[-1]}")
+        kwargs.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
+    return LLM(model=model_path, **kwargs)
 
 
-def direct_generate(llm, prompt_ids: list[list[int]], params: list[dict]) -> list[tuple[str, int]]:
-    """Generates with an in-process vllm.LLM from token-id prompts; returns (text, n_tokens)."""
+def lora_request(adapter_dir: str, name: str = "aligned", adapter_id: int = 1):
+    """A vLLM LoRARequest for a peft adapter folder (e.g. RUN/training/adapter)."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=name, lora_int_id=adapter_id, lora_path=str(adapter_dir))
+
+
+def direct_generate(llm, prompt_ids: list[list[int]], params: list[dict], lora=None) -> list[tuple[str, int]]:
+    """Generates with an in-process vllm.LLM from token-id prompts; returns (text, n_tokens).
+
+    ``lora``: a :func:`lora_request` applied to every prompt (the engine needs ``lora_rank``).
+    """
     from vllm import SamplingParams, TokensPrompt
 
     outs = llm.generate(
         [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
         [SamplingParams(**sampling_params(p)) for p in params],
         use_tqdm=False,
+        lora_request=lora,
     )
     return [(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]

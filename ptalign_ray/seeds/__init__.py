@@ -13,6 +13,8 @@ from typing import Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ptalign_ray.config import format_validation_error
+
 MAX_ANNOTATIONS = 49
 DEFAULT_SEEDS = Path(__file__).with_name("default.yaml")
 
@@ -114,12 +116,7 @@ def load_seeds(source: Union[str, Path] = "default") -> Seeds:
     try:
         return Seeds.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid seed file {path}:"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"  - {where}: {msg}")
-        raise SeedError("\n".join(lines)) from None
+        raise SeedError(format_validation_error(err, str(path), what="seed file")) from None
 
 
 def seeds_hash(seeds: Seeds) -> str:

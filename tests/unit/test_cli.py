@@ -1,0 +1,36 @@
+"""CLI error handling: bad configs and seed files exit 2 with a message that says what to fix."""
+
+import subprocess
+import sys
+
+import yaml
+
+
+def _ptalign(*args):
+    return subprocess.run([sys.executable, "-m", "ptalign_ray", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_validate_default_config():
+    out = _ptalign("validate")
+    assert out.returncode == 0, out.stderr
+    assert "seeds ok: 26 annotations" in out.stdout
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"engine": {"concurency": 2}}))
+    out = _ptalign("validate", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "engine.concurency" in out.stderr and "unknown key" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_seed_file_exits_2(tmp_path):
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text("domains: []\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"seeds": str(seeds)}))
+    out = _ptalign("synthesize", "--config", str(cfg), "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2
+    assert "invalid seed file" in out.stderr and "domains" in out.stderr
+    assert not (tmp_path / "run").exists()
