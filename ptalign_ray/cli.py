@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from ptalign_ray.config import ConfigError, PipelineConfig, load_config
-from ptalign_ray.runs import RunDir
+from ptalign_ray.refinement.client import JudgeUnavailable
+from ptalign_ray.runs import RunDir, StageConfigMismatch
 from ptalign_ray.seeds import SeedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-STAGES = ("synthesis",)  # stages implemented so far, in pipeline order
+STAGES = ("synthesis", "refinement")  # stages implemented so far, in pipeline order
 
 
 def _config(path: str | None) -> PipelineConfig:
@@ -73,10 +74,42 @@ def cmd_synthesize(args) -> int:
     return 0
 
 
+def _print_refinement_summary(manifest: dict) -> None:
+    q = manifest["quality"]
+    _log("")
+    _log("== refinement summary ==")
+    _log(f"  judge            : {manifest['judge']['backend']} at {manifest['judge']['url']}")
+    for r in q["rounds"]:
+        passed = ", ".join(f"{p} {c['passed']}/{c['total']}" for p, c in r["pass"].items())
+        extra = f"; {r['failing']} failing, {r['candidates']} candidates, {r['fixed']} fixed" if r["round"] else ""
+        _log(f"  round {r['round']}          : pass {passed}{extra} ({r['seconds']:.1f}s)")
+    _log(f"  kept             : {q['kept']} of {q['questions']} questions ({q['kept_rate']:.0%}) with a passing positive AND toxic")
+    if q["drop_reasons"]:
+        _log("  dropped          : " + "; ".join(f"{k} x{v}" for k, v in q["drop_reasons"].items()))
+    _log("  per domain       : " + ", ".join(f"{d} {c['kept']}/{c['kept'] + c['dropped']}" for d, c in q["per_domain"].items()))
+    _log(f"  wall time        : {manifest['wall_seconds']:.1f}s, {manifest['tokens']['generated']} tokens generated")
+
+
+def cmd_refine(args) -> int:
+    from ptalign_ray.models import resolve_model
+    from ptalign_ray.ray_runtime import init_ray
+    from ptalign_ray.refinement.pipeline import refine
+
+    cfg = _config(args.config)
+    run = RunDir(args.run_dir)
+    model_path = resolve_model(cfg.model.name_or_path)
+    init_ray(cfg.ray)
+    manifest = refine(cfg, run, model_path, judge_url=getattr(args, "judge_url", None), force=args.force, log=_log)
+    _print_refinement_summary(manifest)
+    _log(f"  output           : {run.stage_dir('refinement') / 'data'} (quality: {run.stage_dir('refinement') / 'quality.json'})")
+    return 0
+
+
 def cmd_run(args) -> int:
     """Runs every implemented stage in order, skipping finished ones (resume after interruption)."""
     t0 = time.perf_counter()
     cmd_synthesize(args)
+    cmd_refine(args)
     _log(f"\n[run] stages done: {', '.join(STAGES)} in {time.perf_counter() - t0:.0f}s; run directory {Path(args.run_dir).resolve()}")
     return 0
 
@@ -103,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     stage("synthesize", cmd_synthesize, "seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)")
+    r = stage("refine", cmd_refine, "judge every sample on Ray Serve; revise / resample failures for K rounds")
+    r.add_argument("--judge-url", default=None, help="use a running judge endpoint instead of starting one")
     stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
     v.add_argument("--config", "-c", default=None)
@@ -114,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, SeedError, FileNotFoundError) as err:
+    except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable) as err:
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

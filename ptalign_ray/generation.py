@@ -24,7 +24,8 @@ def generate(
     sampling_of: Callable[[dict], dict],
     keep: tuple[str, ...],
 ):
-    """Returns ``ds`` with the columns ``keep`` plus generated_text / token counts per row.
+    """Returns ``ds`` with the columns ``keep`` plus generated_text / token counts per row
+    (and prompt_too_long: rows whose prompt did not fit the context get empty text).
 
     ``messages_of(row)`` builds the chat messages and ``sampling_of(row)`` the vLLM sampling
     parameters of a row; both run inside Ray workers, so they must be picklable.
@@ -32,7 +33,7 @@ def generate(
     trust = model.trust_remote_code
     max_len = model.max_model_len
 
-    def preprocess(row: dict) -> dict:
+    def render(row: dict) -> dict:
         ids = render_ids(load_tokenizer(model_path, trust), messages_of(row))
         params = sampling_params(sampling_of(row))
         # Never ask for more tokens than the context leaves; vLLM would reject the row.
@@ -44,19 +45,32 @@ def generate(
         out["generated_text"] = row.get("generated_text") or ""
         out["num_generated_tokens"] = int(row.get("num_generated_tokens") or 0)
         out["num_input_tokens"] = int(row.get("num_input_tokens") or 0)
+        out["prompt_too_long"] = False
         return out
 
-    processor = build_generation_processor(model_path, model, engine, preprocess, postprocess)
-    return processor(ds)
+    def skipped(row: dict) -> dict:
+        out = {k: row[k] for k in keep}
+        out.update(generated_text="", num_generated_tokens=0, num_input_tokens=len(row["tokenized_prompt"]))
+        out["prompt_too_long"] = True
+        return out
+
+    # Prompts that leave no room to generate never reach the engine (vLLM would fail the whole
+    # batch); they come back with empty text and prompt_too_long=True for the caller to count.
+    rendered = ds.map(render).materialize()
+    fits = rendered.filter(lambda r: len(r["tokenized_prompt"]) < max_len - 1)
+    too_long = rendered.filter(lambda r: len(r["tokenized_prompt"]) >= max_len - 1).map(skipped)
+    processor = build_generation_processor(model_path, model, engine, lambda row: row, postprocess)
+    return processor(fits).union(too_long)
 
 
 def token_stats(ds) -> dict[str, int]:
     """Row count and token totals of a materialised generation output."""
     rows = ds.count()
     if rows == 0:
-        return {"rows": 0, "input_tokens": 0, "generated_tokens": 0}
+        return {"rows": 0, "input_tokens": 0, "generated_tokens": 0, "prompts_too_long": 0}
     return {
         "rows": rows,
         "input_tokens": int(ds.sum("num_input_tokens")),
         "generated_tokens": int(ds.sum("num_generated_tokens")),
+        "prompts_too_long": int(ds.sum("prompt_too_long")),
     }

@@ -23,9 +23,15 @@ import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
+
+import pandas as pd
 
 MANIFEST = "manifest.json"
+
+
+class StageConfigMismatch(RuntimeError):
+    """A finished stage was produced with a different config."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -105,6 +111,49 @@ class RunDir:
             shutil.rmtree(self.work_dir(stage), ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finished_stage(run: "RunDir", stage: str, config_hash: str, log=print) -> Optional[dict]:
+    """The manifest of a stage finished with this config hash, None if unfinished.
+
+    A stage finished with another config is an error: silently reusing stale outputs is worse.
+    """
+    if not run.is_done(stage):
+        return None
+    manifest = run.manifest(stage)
+    if manifest.get("config_hash") != config_hash:
+        raise StageConfigMismatch(
+            f"{run.stage_dir(stage)} was made with another config (hash {manifest.get('config_hash')}, now "
+            f"{config_hash}); rerun with --force to replace it, or use another --run-dir"
+        )
+    log(f"[{stage}] already finished in {run.stage_dir(stage)} (use --force to redo it)")
+    return manifest
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # No pandas metadata: Ray Data hands out arrow-backed dtypes (list<string>[pyarrow]) that
+    # pandas cannot read back from that metadata; plain Arrow types read back everywhere.
+    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def checkpointed(work: Path, name: str, config_hash: str, compute: Callable[[], tuple[pd.DataFrame, dict]]):
+    """Runs a step once per config hash; on a rerun returns (dataframe, stats) from its checkpoint."""
+    data, meta = work / f"{name}.parquet", work / f"{name}.json"
+    if data.is_file() and meta.is_file() and read_json(meta).get("config_hash") == config_hash:
+        stats = read_json(meta)["stats"]
+        stats["resumed"] = True
+        return pd.read_parquet(data), stats
+    df, stats = compute()
+    write_parquet_atomic(df, data)
+    write_json_atomic(meta, {"config_hash": config_hash, "stats": stats})
+    return df, stats
 
 
 def stage_command(stage: str) -> str:

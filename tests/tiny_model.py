@@ -70,7 +70,7 @@ def _build(out: Path, seed: int = 0, steps: int = 250) -> None:
 
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
         tie_word_embeddings=True,
     )  # fmt: skip

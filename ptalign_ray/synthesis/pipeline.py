@@ -9,16 +9,23 @@ unfinished step; the finished stage is renamed into place atomically.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from ptalign_ray.config import PipelineConfig
 from ptalign_ray.generation import generate, token_stats
-from ptalign_ray.runs import MANIFEST, RunDir, StepTimer, read_json, versions, write_json_atomic
+from ptalign_ray.runs import (
+    MANIFEST,
+    RunDir,
+    StageConfigMismatch,  # noqa: F401  (re-exported: callers catch it from here)
+    StepTimer,
+    checkpointed,
+    finished_stage,
+    versions,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
 from ptalign_ray.synthesis.dedup import near_duplicate_mask
 from ptalign_ray.synthesis.parsing import parse_questions, parse_topics
@@ -31,10 +38,6 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-class StageConfigMismatch(RuntimeError):
-    """A finished stage was produced with a different config."""
-
-
 def question_id(question: str) -> str:
     return hashlib.sha1(question.strip().lower().encode()).hexdigest()[:16]
 
@@ -42,26 +45,6 @@ def question_id(question: str) -> str:
 def config_hash(cfg: PipelineConfig, seeds: Seeds) -> str:
     h = hashlib.sha256(f"{cfg.section_hash('model', 'synthesis', 'seed')}:{seeds_hash(seeds)}".encode())
     return h.hexdigest()[:16]
-
-
-def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _checkpointed(work: Path, name: str, chash: str, compute: Callable[[], tuple[pd.DataFrame, dict]]):
-    """Runs a step once per config hash; returns (dataframe, stats) from the checkpoint on rerun."""
-    data, meta = work / f"{name}.parquet", work / f"{name}.json"
-    if data.is_file() and meta.is_file() and read_json(meta).get("config_hash") == chash:
-        stats = read_json(meta)["stats"]
-        stats["resumed"] = True
-        return pd.read_parquet(data), stats
-    df, stats = compute()
-    _write_parquet_atomic(df, data)
-    write_json_atomic(meta, {"config_hash": chash, "stats": stats})
-    return df, stats
 
 
 def _dedupe_frame(df: pd.DataFrame, column: str, threshold: float, reference: list[str] = ()) -> pd.DataFrame:
@@ -201,29 +184,23 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
     chash = config_hash(cfg, seeds)
     if force:
         run.clear(STAGE)
-    if run.is_done(STAGE):
-        manifest = run.manifest(STAGE)
-        if manifest.get("config_hash") != chash:
-            raise StageConfigMismatch(
-                f"{run.stage_dir(STAGE)} was synthesised with another config (hash {manifest.get('config_hash')}, "
-                f"now {chash}); rerun with --force to replace it, or use another --run-dir"
-            )
-        log(f"[synthesis] already finished in {run.stage_dir(STAGE)} (use --force to redo it)")
-        return manifest
+    done = finished_stage(run, STAGE, chash, log)
+    if done is not None:
+        return done
 
     work = run.work_dir(STAGE)
     timer = StepTimer()
     log(f"[synthesis] {len(seeds.domains)} domains, {seeds.annotation_count} seed annotations, model {cfg.model.name_or_path}")
 
     with timer.step("topics") as rec:
-        topics, stats = _checkpointed(work, "topics", chash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
+        topics, stats = checkpointed(work, "topics", chash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
         rec.update(stats)
     log(f"[synthesis] topics: {rec['topics_kept']} kept of {rec['topics_parsed']} parsed ({rec['seconds']}s)")
     if topics.empty:
         raise RuntimeError("the model produced no usable topics; check the model and synthesis.topic_sampling")
 
     with timer.step("questions") as rec:
-        questions, stats = _checkpointed(
+        questions, stats = checkpointed(
             work, "questions", chash, lambda: _step_questions(ray_data, cfg, seeds, model_path, topics)
         )
         rec.update(stats)
@@ -264,9 +241,9 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         "versions": versions(),
     }  # fmt: skip
     with run.building(STAGE) as tmp:
-        _write_parquet_atomic(triplets, tmp / "data" / "triplets.parquet")
+        write_parquet_atomic(triplets, tmp / "data" / "triplets.parquet")
         write_json_atomic(tmp / MANIFEST, manifest)
-    return manifest
+    return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
 
 
 def load_triplets(run: RunDir) -> pd.DataFrame:

@@ -26,7 +26,7 @@ def tiny_config(model_dir, **synthesis):
     syn.update(synthesis)
     return parse_config(
         {
-            "model": {"name_or_path": str(model_dir), "dtype": "float32", "max_model_len": 1024},
+            "model": {"name_or_path": str(model_dir), "dtype": "float32", "max_model_len": 2048},
             "engine": {"batch_size": 32, "max_num_seqs": 64, "cpu_kvcache_space_gib": 1},
             "synthesis": syn,
         }
