@@ -114,6 +114,7 @@ class JudgeConfig(_Section):
     request_timeout_s: float = Field(60.0, gt=0)
     retries: int = Field(3, ge=0)
     parse_retries: int = Field(2, ge=0, description="Retries of unparseable 'llm' judge output.")
+    max_model_len: PositiveInt = Field(2048, description="Context length of the 'llm' judge engine.")
 
 
 class RefinementConfig(_Section):

@@ -1,0 +1,66 @@
+"""HTTP client of the judge endpoint, used from Ray Data workers during refinement.
+
+Connection errors, timeouts and 5xx answers are retried with exponential backoff; a judge that stays
+unreachable raises JudgeUnavailable with a message that says where and what to do. A 4xx answer is
+a bug in the request, never retried.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import httpx
+
+
+class JudgeUnavailable(RuntimeError):
+    """The judge endpoint did not answer after every retry."""
+
+
+class JudgeRequestRejected(RuntimeError):
+    """The judge answered 4xx: the request itself is wrong."""
+
+
+class JudgeClient:
+    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5, max_items: int = 256):
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_items = max_items
+        self._http = httpx.Client(timeout=timeout_s)
+
+    def _post(self, items: list[dict]) -> list[dict]:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._http.post(f"{self.url}/v1/judge", json={"items": items})
+            except (httpx.TransportError, httpx.TimeoutException) as err:  # connection refused, reset, timeout
+                last = err
+            else:
+                if resp.status_code < 400:
+                    return resp.json()["verdicts"]
+                if resp.status_code < 500:
+                    raise JudgeRequestRejected(f"judge rejected the request ({resp.status_code}): {resp.text[:500]}")
+                last = RuntimeError(f"judge answered {resp.status_code}")
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise JudgeUnavailable(
+            f"the judge at {self.url} did not answer after {self.retries + 1} tries ({last}); "
+            "check that it is running (serve status) or raise judge.retries / judge.request_timeout_s"
+        )
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict]:
+        items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+        out: list[dict] = []
+        for start in range(0, len(items), self.max_items):
+            out.extend(self._post(items[start : start + self.max_items]))
+        return out
+
+    def healthy(self) -> bool:
+        try:
+            return self._http.get(f"{self.url}/healthz", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()

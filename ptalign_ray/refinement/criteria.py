@@ -1,0 +1,36 @@
+"""When a refined sample passes, from the judge's verdict.
+
+A positive passes when it is not harmful and answers the question (not empty, not off-topic): a
+refusal with a safe alternative is exactly what a positive should be. A toxic sample passes when it
+is harmful and not a refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+MAX_TEXT_CHARS = 8000
+
+
+def failure_reason(polarity: str, response: str, verdict: dict) -> Optional[str]:
+    """None when the sample passes, else a short reason (recorded when a sample is dropped)."""
+    if not response.strip():
+        return "empty"
+    if verdict.get("error"):
+        return "judge error"
+    if polarity == "positive":
+        if verdict["harmful"]:
+            return "harmful"
+        if verdict.get("on_topic") is False:
+            return "off-topic"
+        return None
+    if verdict["refusal"]:
+        return "refusal"
+    if not verdict["harmful"]:
+        return "not harmful"
+    return None
+
+
+def better(polarity: str, a: dict, b: dict) -> bool:
+    """Is verdict a a better candidate than b for this polarity (lower / higher harm score)?"""
+    return a["score"] < b["score"] if polarity == "positive" else a["score"] > b["score"]

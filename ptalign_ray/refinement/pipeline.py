@@ -1,0 +1,300 @@
+"""The refinement stage: judge every sample over HTTP, revise / resample failures for K rounds.
+
+Round 0 judges the synthesised positive and toxic responses. In each later round every failing
+sample gets `refinement.candidates` new responses from the generation engine (even candidates
+revise the rejected answer with the judge's verdict fed back, odd ones resample with the seed
+exemplars in context), the judge scores them, and the best one replaces the sample. A question is
+kept when both its positive and its toxic response pass; the rest are dropped with their reason.
+Every round is checkpointed, so an interrupted stage (or an unreachable judge) keeps what finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import pandas as pd
+
+from ptalign_ray.config import JudgeConfig, PipelineConfig
+from ptalign_ray.generation import generate, token_stats
+from ptalign_ray.refinement.client import JudgeClient, JudgeUnavailable
+from ptalign_ray.refinement.criteria import better, failure_reason
+from ptalign_ray.refinement.prompts import candidate_messages
+from ptalign_ray.runs import (
+    MANIFEST,
+    RunDir,
+    StepTimer,
+    checkpointed,
+    finished_stage,
+    versions,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from ptalign_ray.seeds import load_seeds, seeds_hash
+from ptalign_ray.synthesis.dedup import near_duplicate_mask
+from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
+from ptalign_ray.synthesis.pipeline import load_triplets
+
+STAGE = "refinement"
+POLARITIES = ("positive", "toxic")
+VERDICT_COLUMNS = ("harmful", "refusal", "score", "rationale", "categories", "on_topic", "error")
+COLUMNS = [
+    "id", "domain", "topic", "question", "positive", "toxic",
+    "positive_score", "toxic_score", "positive_round", "toxic_round",
+    "positive_rationale", "toxic_rationale", "toxic_categories", "model", "config_hash",
+]  # fmt: skip
+
+
+class JudgeBatch:
+    """Ray Data callable class: adds the judge's verdict columns to a batch of (question, response)."""
+
+    def __init__(self, url: str, judge: dict):
+        cfg = JudgeConfig.model_validate(judge)
+        self.client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        verdicts = self.client.judge(batch["question"].tolist(), batch["response"].tolist())
+        for col in VERDICT_COLUMNS:
+            batch[col] = [v.get(col) for v in verdicts]
+        batch["categories"] = [list(c or []) for c in batch["categories"]]
+        batch["on_topic"] = [None if t is None else bool(t) for t in batch["on_topic"]]
+        batch["reason"] = [
+            failure_reason(p, r, v) for p, r, v in zip(batch["polarity"], batch["response"], verdicts)
+        ]
+        return batch
+
+
+def judge_frame(ray_data, df: pd.DataFrame, url: str, cfg: PipelineConfig) -> pd.DataFrame:
+    """Judges every row of df (columns polarity, question, response) through the HTTP endpoint."""
+    if df.empty:
+        return df.assign(**{c: [] for c in (*VERDICT_COLUMNS, "reason")})
+    ds = ray_data.from_pandas(df.reset_index(drop=True)).map_batches(
+        JudgeBatch,
+        fn_constructor_kwargs={"url": url, "judge": cfg.judge.model_dump(mode="json")},
+        batch_size=cfg.refinement.batch_size,
+        batch_format="pandas",
+        concurrency=1,
+        num_cpus=0.5,
+    )
+    try:
+        return ds.to_pandas()
+    except Exception as err:  # Ray wraps the worker's exception; say plainly what went wrong
+        if not JudgeClient(url, retries=0).healthy():
+            raise JudgeUnavailable(f"the judge at {url} stopped answering during refinement ({type(err).__name__})") from err
+        raise
+
+
+def _samples(triplets: pd.DataFrame) -> pd.DataFrame:
+    """One row per (question, polarity): the unit that is judged and refined."""
+    rows = []
+    for r in triplets.itertuples():
+        for p in POLARITIES:
+            rows.append({"key": f"{r.id}:{p}", "id": r.id, "domain": r.domain, "polarity": p,
+                         "question": r.question, "response": getattr(r, p), "round": 0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _pass_counts(state: pd.DataFrame) -> dict:
+    out = {}
+    for p in POLARITIES:
+        part = state[state["polarity"] == p]
+        out[p] = {"passed": int(part["reason"].isna().sum()), "total": len(part)}
+    return out
+
+
+def _candidates(ray_data, cfg: PipelineConfig, seeds, model_path: str, state: pd.DataFrame):
+    """`refinement.candidates` new responses for every failing sample (revise or resample)."""
+    failing = state[state["reason"].notna()]
+    n = cfg.refinement.candidates
+    rows = [
+        {"key": r.key, "question": r.question, "polarity": r.polarity, "previous": r.response,
+         "reason": r.reason, "rationale": r.rationale or "", "candidate": c}
+        for r in failing.itertuples() for c in range(n)
+    ]  # fmt: skip
+    if not rows:
+        return pd.DataFrame(columns=["key", "question", "polarity", "candidate", "response"]), {"generated_tokens": 0}
+    sampling = cfg.refinement.sampling.to_vllm()
+    gen = generate(
+        ray_data.from_items(rows), model_path, cfg.model, cfg.engine,
+        messages_of=lambda r: candidate_messages(seeds, r),
+        sampling_of=lambda r: sampling,
+        keep=("key", "question", "polarity", "candidate"),
+    ).materialize()  # fmt: skip
+    stats = {k: v for k, v in token_stats(gen).items() if k != "rows"}
+    cands = gen.to_pandas()
+    cands["response"] = cands["generated_text"].str.strip()
+    return cands[["key", "question", "polarity", "candidate", "response"]], stats
+
+
+def _best(candidates: list[dict]) -> dict:
+    """A passing candidate first, then the one closest to passing (harm score)."""
+    best = candidates[0]
+    for cand in candidates[1:]:
+        cand_ok, best_ok = cand["reason"] is None, best["reason"] is None
+        if cand_ok > best_ok or (cand_ok == best_ok and better(cand["polarity"], cand, best)):
+            best = cand
+    return best
+
+
+def _apply_round(ray_data, cfg: PipelineConfig, url: str, state: pd.DataFrame, cands: pd.DataFrame, k: int):
+    """Judges the candidates and replaces each failing sample by its best candidate when that helps."""
+    failing = state[state["reason"].notna()]
+    stats: dict = {"failing": len(failing), "failing_by_polarity": failing["polarity"].value_counts().to_dict()}
+    judged = judge_frame(ray_data, cands, url, cfg)
+    stats["candidates"] = len(judged)
+    current = state.set_index("key")
+    updates = []
+    for key, group in judged.groupby("key"):
+        best = _best(group.to_dict("records"))
+        cur = current.loc[key].to_dict()
+        # A passing candidate always wins; a failing one replaces the sample only when it is
+        # closer to passing, so the next revise prompt starts from the best attempt so far.
+        if best["reason"] is None or better(best["polarity"], best, cur):
+            updates.append({**cur, **{c: best[c] for c in ("response", *VERDICT_COLUMNS, "reason")}, "round": k, "key": key})
+    stats["fixed"] = sum(u["reason"] is None for u in updates)
+    if updates:
+        upd = pd.DataFrame(updates).set_index("key")
+        current = pd.concat([current.drop(index=upd.index), upd]).loc[current.index]
+    return current.reset_index(), stats
+
+
+def config_hash(cfg: PipelineConfig, synthesis_hash: str) -> str:
+    seeds = load_seeds(cfg.seeds)
+    blob = f"{synthesis_hash}:{cfg.section_hash('model', 'judge', 'refinement', 'seed')}:{seeds_hash(seeds)}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _final(state: pd.DataFrame, triplets: pd.DataFrame, cfg: PipelineConfig, chash: str):
+    """Triplets whose positive and toxic both pass, de-duplicated; plus the dropped ids with reasons."""
+    wide = state.set_index(["id", "polarity"]).unstack("polarity")
+    ok = wide["reason"].isna().all(axis=1)
+    reasons = {}
+    for qid in wide.index[~ok]:
+        parts = [f"{p}: {wide.loc[qid, ('reason', p)]}" for p in POLARITIES if pd.notna(wide.loc[qid, ("reason", p)])]
+        reasons[qid] = "; ".join(parts) + f" after {cfg.refinement.rounds} rounds"
+    kept_ids = list(wide.index[ok])
+    base = triplets.set_index("id").loc[kept_ids, ["domain", "topic", "question", "model"]]
+    out = base.assign(
+        positive=wide.loc[kept_ids, ("response", "positive")],
+        toxic=wide.loc[kept_ids, ("response", "toxic")],
+        positive_score=wide.loc[kept_ids, ("score", "positive")].astype(float),
+        toxic_score=wide.loc[kept_ids, ("score", "toxic")].astype(float),
+        positive_round=wide.loc[kept_ids, ("round", "positive")].astype(int),
+        toxic_round=wide.loc[kept_ids, ("round", "toxic")].astype(int),
+        positive_rationale=wide.loc[kept_ids, ("rationale", "positive")],
+        toxic_rationale=wide.loc[kept_ids, ("rationale", "toxic")],
+        toxic_categories=wide.loc[kept_ids, ("categories", "toxic")],
+        config_hash=chash,
+    ).reset_index()
+    keep = near_duplicate_mask(out["question"].tolist(), cfg.synthesis.dedup_threshold)
+    for qid in out.loc[[not k for k in keep], "id"]:
+        reasons[qid] = "near-duplicate question"
+    out = out[keep].reset_index(drop=True)
+    dropped = triplets.set_index("id").loc[list(reasons), ["domain"]].assign(reason=pd.Series(reasons)).reset_index()
+    return out[COLUMNS], dropped
+
+
+def _quality(state_rounds: list[dict], out: pd.DataFrame, dropped: pd.DataFrame, n_questions: int) -> dict:
+    per_domain = {}
+    for d in sorted(set(out["domain"]) | set(dropped["domain"])):
+        per_domain[d] = {"kept": int((out["domain"] == d).sum()), "dropped": int((dropped["domain"] == d).sum())}
+    reasons = dropped["reason"].str.replace(r" after \d+ rounds", "", regex=True).value_counts().to_dict()
+    return {
+        "questions": n_questions,
+        "kept": len(out),
+        "dropped": len(dropped),
+        "kept_rate": round(len(out) / max(n_questions, 1), 3),
+        "rounds": state_rounds,
+        "per_domain": per_domain,
+        "drop_reasons": {k: int(v) for k, v in reasons.items()},
+        "positive_fixed_in_round": out["positive_round"].value_counts().sort_index().to_dict(),
+        "toxic_fixed_in_round": out["toxic_round"].value_counts().sort_index().to_dict(),
+    }
+
+
+def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optional[str] = None,
+           force: bool = False, log=print) -> dict:  # fmt: skip
+    """Runs (or resumes) the refinement stage against the judge at judge_url (started here if None)."""
+    import ray.data as ray_data
+
+    syn = run.manifest(SYNTHESIS) if run.is_done(SYNTHESIS) else None
+    if syn is None:
+        raise FileNotFoundError(f"no finished synthesis in {run.root}; run `ptalign synthesize` first")
+    chash = config_hash(cfg, syn["config_hash"])
+    if force:
+        run.clear(STAGE)
+    done = finished_stage(run, STAGE, chash, log)
+    if done is not None:
+        return done
+
+    seeds = load_seeds(cfg.seeds)
+    triplets = load_triplets(run)
+    work = run.work_dir(STAGE)
+    timer = StepTimer()
+    started_judge = False
+    if judge_url is None:
+        from ptalign_ray.judging.app import start_judge
+
+        log(f"[refinement] starting the {cfg.judge.backend} judge on Ray Serve at {cfg.judge.host}:{cfg.judge.port}")
+        judge_url = start_judge(cfg.judge, model_path)
+        started_judge = True
+    try:
+        if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():
+            raise JudgeUnavailable(f"the judge at {judge_url} is not answering /healthz")
+        rounds = []
+        with timer.step("round_0") as rec:
+            state, stats = checkpointed(
+                work, "round_0", chash, lambda: (judge_frame(ray_data, _samples(triplets), judge_url, cfg), {})
+            )
+            rec.update(stats | {"pass": _pass_counts(state)})
+        rounds.append({"round": 0, **rec})
+        log(f"[refinement] round 0: {_fmt(rec['pass'])} pass the judge ({rec['seconds']}s)")
+        for k in range(1, cfg.refinement.rounds + 1):
+            with timer.step(f"round_{k}") as rec:
+                prev = state
+                cands, gen_stats = checkpointed(
+                    work, f"round_{k}_candidates", chash,
+                    lambda: _candidates(ray_data, cfg, seeds, model_path, prev),
+                )  # fmt: skip
+                state, stats = checkpointed(
+                    work, f"round_{k}", chash, lambda: _apply_round(ray_data, cfg, judge_url, prev, cands, k)
+                )
+                rec.update(stats | gen_stats | {"pass": _pass_counts(state)})
+            rounds.append({"round": k, **rec})
+            log(f"[refinement] round {k}: {rec['failing']} failing -> {rec['fixed']} fixed; now {_fmt(rec['pass'])} pass ({rec['seconds']}s)")
+    finally:
+        if started_judge:
+            from ray import serve
+
+            serve.shutdown()
+
+    out, dropped = _final(state, triplets, cfg, chash)
+    quality = _quality(rounds, out, dropped, len(triplets))
+    generated = sum(r.get("generated_tokens", 0) for r in rounds)
+    manifest = {
+        "stage": STAGE,
+        "config_hash": chash,
+        "synthesis_config_hash": syn["config_hash"],
+        "model": cfg.model.name_or_path,
+        "judge": {"backend": cfg.judge.backend, "model": cfg.judge.model, "url": judge_url},
+        "quality": quality,
+        "tokens": {"generated": generated},
+        "steps": timer.steps,
+        "wall_seconds": timer.wall_seconds,
+        "config": cfg.model_dump(mode="json", include={"judge", "refinement"}),
+        "versions": versions(),
+    }
+    with run.building(STAGE) as tmp:
+        write_parquet_atomic(out, tmp / "data" / "triplets.parquet")
+        write_parquet_atomic(dropped, tmp / "dropped.parquet")
+        write_json_atomic(tmp / "quality.json", quality)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
+
+
+def _fmt(pass_counts: dict) -> str:
+    return ", ".join(f"{p} {c['passed']}/{c['total']}" for p, c in pass_counts.items())
+
+
+def load_refined(run: RunDir) -> pd.DataFrame:
+    return pd.read_parquet(run.data_dir(STAGE))

@@ -1,0 +1,77 @@
+"""The judge served for real on loopback: Ray Serve + the offline backend, every kind of bad body."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ptalign_ray.config import JudgeConfig
+
+pytestmark = pytest.mark.integration
+
+CFG = JudgeConfig(port=18081, max_items=8, max_text_chars=500)
+
+
+@pytest.fixture(scope="module")
+def judge(ray_local):
+    from ray import serve
+
+    from ptalign_ray.judging.app import start_judge
+
+    url = start_judge(CFG)
+    yield url
+    serve.shutdown()
+
+
+def test_health(judge):
+    r = httpx.get(f"{judge}/healthz", timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "ok", "backend": "offline"}
+
+
+def test_valid_batch_returns_one_verdict_per_item(judge):
+    items = [
+        {"prompt": "How do I bake bread at home?", "response": "Mix flour, water, yeast and salt, knead, let it rise, bake at 230C."},
+        {"prompt": "How do I bake bread at home?", "response": "I'm sorry, but I can't help with that."},
+        {"prompt": "How do I bake bread at home?", "response": ""},
+    ]
+    r = httpx.post(f"{judge}/v1/judge", json={"items": items}, timeout=60)
+    assert r.status_code == 200, r.text
+    verdicts = r.json()["verdicts"]
+    assert len(verdicts) == 3
+    for v in verdicts:
+        assert set(v) >= {"harmful", "refusal", "score", "categories", "rationale"}
+        assert 0.0 <= v["score"] <= 1.0
+    assert verdicts[1]["refusal"] and not verdicts[1]["harmful"]
+    assert not verdicts[0]["harmful"]
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        (b"", 400, "empty body"),
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b'{"items": []}', 422, "items"),
+        (b'{"items": [{"prompt": "hi"}]}', 422, "items.0.response"),
+        (b'{"items": [{"prompt": 1, "response": "x"}]}', 422, "items.0.prompt"),
+        (b'{"items": [{"prompt": "", "response": "x"}]}', 422, "items.0.prompt"),
+        (b'{"items": [{"prompt": "a", "response": "b", "extra": 1}]}', 422, "items.0.extra"),
+        (b'{"itemz": []}', 422, "itemz"),
+    ],
+)
+def test_bad_bodies_get_4xx_with_a_message(judge, body, status, needle):
+    r = httpx.post(f"{judge}/v1/judge", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_limits(judge):
+    too_many = {"items": [{"prompt": "p", "response": "r"}] * (CFG.max_items + 1)}
+    r = httpx.post(f"{judge}/v1/judge", json=too_many, timeout=30)
+    assert r.status_code == 422 and "at most 8" in r.json()["error"]["message"]
+    too_long = {"items": [{"prompt": "p", "response": "x" * (CFG.max_text_chars + 1)}]}
+    r = httpx.post(f"{judge}/v1/judge", json=too_long, timeout=30)
+    assert r.status_code == 422 and "items.0.response" in r.json()["error"]["message"]
+    huge = b'{"items": [' + b'{"prompt": "p", "response": "r"},' * 200_000 + b"]}"
+    r = httpx.post(f"{judge}/v1/judge", content=huge, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413
