@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ptalign_ray.config import ConfigError, PipelineConfig, load_config
 from ptalign_ray.refinement.client import JudgeUnavailable
+from ptalign_ray.refinement.export import ExportRefused
 from ptalign_ray.runs import RunDir, StageConfigMismatch
 from ptalign_ray.seeds import SeedError
 
@@ -105,6 +106,16 @@ def cmd_refine(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ptalign_ray.refinement.export import export
+    from ptalign_ray.refinement.pipeline import load_refined
+
+    run = RunDir(args.run_dir)
+    n = export(load_refined(run), Path(args.out), args.format, include_toxic=args.include_toxic)
+    _log(f"wrote {n} {args.format} records to {Path(args.out).resolve()}")
+    return 0
+
+
 def cmd_run(args) -> int:
     """Runs every implemented stage in order, skipping finished ones (resume after interruption)."""
     t0 = time.perf_counter()
@@ -138,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage("synthesize", cmd_synthesize, "seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)")
     r = stage("refine", cmd_refine, "judge every sample on Ray Serve; revise / resample failures for K rounds")
     r.add_argument("--judge-url", default=None, help="use a running judge endpoint instead of starting one")
+    e = sub.add_parser("export", help="refined dataset as JSONL: sft (positives) or preference (needs --include-toxic)")
+    e.add_argument("--run-dir", "-r", default="runs/default")
+    e.add_argument("--format", choices=["sft", "preference"], default="sft")
+    e.add_argument("--out", "-o", required=True, help="output .jsonl path")
+    e.add_argument("--include-toxic", action="store_true", help="allow writing the toxic responses (preference format)")
+    e.set_defaults(fn=cmd_export)
     stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
     v.add_argument("--config", "-c", default=None)
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable) as err:
+    except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable, ExportRefused) as err:
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
