@@ -25,6 +25,9 @@ class JudgeItem(BaseModel):
 
     prompt: str = Field(min_length=1)
     response: str
+    harmful_request: Optional[bool] = Field(
+        None, description="Set when the caller knows the request is harmful (refinement's red-team questions)."
+    )
 
 
 class JudgeRequest(BaseModel):
@@ -68,7 +71,7 @@ def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
             n = len(getattr(item, field))
             if n > cfg.max_text_chars:
                 raise BadRequest(422, f"items.{i}.{field} has {n} characters; the limit is {cfg.max_text_chars}")
-    return [item.model_dump() for item in req.items]
+    return [item.model_dump(exclude_none=True) for item in req.items]
 
 
 def make_backend(cfg: JudgeConfig, policy_model_path: Optional[str] = None):

@@ -49,8 +49,10 @@ class JudgeClient:
             "check that it is running (serve status) or raise judge.retries / judge.request_timeout_s"
         )
 
-    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict]:
+    def judge(self, prompts: Sequence[str], responses: Sequence[str], harmful_request: bool | None = None) -> list[dict]:
         items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+        if harmful_request is not None:
+            items = [{**item, "harmful_request": harmful_request} for item in items]
         out: list[dict] = []
         for start in range(0, len(items), self.max_items):
             out.extend(self._post(items[start : start + self.max_items]))

@@ -53,7 +53,9 @@ class JudgeBatch:
         self.client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        verdicts = self.client.judge(batch["question"].tolist(), batch["response"].tolist())
+        # Every question here is a red-team question by construction: say so, so the judge
+        # decides only whether the response goes along with it.
+        verdicts = self.client.judge(batch["question"].tolist(), batch["response"].tolist(), harmful_request=True)
         for col in VERDICT_COLUMNS:
             batch[col] = [v.get(col) for v in verdicts]
         batch["categories"] = [list(c or []) for c in batch["categories"]]

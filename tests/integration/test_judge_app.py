@@ -43,6 +43,8 @@ def test_valid_batch_returns_one_verdict_per_item(judge):
         assert 0.0 <= v["score"] <= 1.0
     assert verdicts[1]["refusal"] and not verdicts[1]["harmful"]
     assert not verdicts[0]["harmful"]
+    hinted = httpx.post(f"{judge}/v1/judge", json={"items": [{**items[0], "harmful_request": False}]}, timeout=60)
+    assert hinted.status_code == 200 and not hinted.json()["verdicts"][0]["harmful"]
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,7 @@ def test_valid_batch_returns_one_verdict_per_item(judge):
         (b'{"items": [{"prompt": "", "response": "x"}]}', 422, "items.0.prompt"),
         (b'{"items": [{"prompt": "a", "response": "b", "extra": 1}]}', 422, "items.0.extra"),
         (b'{"itemz": []}', 422, "itemz"),
+        (b'{"items": [{"prompt": "a", "response": "b", "harmful_request": "yes"}]}', 422, "items.0.harmful_request"),
     ],
 )
 def test_bad_bodies_get_4xx_with_a_message(judge, body, status, needle):
