@@ -47,6 +47,10 @@ def main() -> None:
     data = items(args.items)
     batches = [data[i : i + args.batch] for i in range(0, len(data), args.batch)]
 
+    import torch
+
+    # The Serve replica gets OMP_NUM_THREADS=1 from Ray (num_cpus=1); compare on the same footing.
+    torch.set_num_threads(1)
     judge = OfflineJudge()
     judge.judge(batches[0])  # warm-up
     t0 = time.perf_counter()
