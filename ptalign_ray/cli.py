@@ -106,6 +106,23 @@ def cmd_refine(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Dual instruction tuning on Ray Train (and the MLE-only ablation when the config asks for it)."""
+    from ptalign_ray.models import resolve_model
+    from ptalign_ray.ray_runtime import init_ray
+    from ptalign_ray.training.stage import print_training_summary, train_stage
+
+    cfg = _config(args.config)
+    run = RunDir(args.run_dir)
+    model_path = resolve_model(cfg.model.name_or_path)
+    init_ray(cfg.ray)
+    variants = ["ptalign"] + (["mle_only"] if cfg.training.ablation_mle_only else [])
+    for variant in variants:
+        manifest = train_stage(cfg, run, model_path, variant=variant, force=args.force, log=_log)
+        print_training_summary(manifest, _log)
+    return 0
+
+
 def cmd_export(args) -> int:
     from ptalign_ray.refinement.export import export
     from ptalign_ray.refinement.pipeline import load_refined
@@ -149,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("synthesize", cmd_synthesize, "seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)")
     r = stage("refine", cmd_refine, "judge every sample on Ray Serve; revise / resample failures for K rounds")
     r.add_argument("--judge-url", default=None, help="use a running judge endpoint instead of starting one")
+    stage("train", cmd_train, "dual instruction tuning (MLE + token-level unlikelihood) on Ray Train")
     e = sub.add_parser("export", help="refined dataset as JSONL: sft (positives) or preference (needs --include-toxic)")
     e.add_argument("--run-dir", "-r", default="runs/default")
     e.add_argument("--format", choices=["sft", "preference"], default="sft")
@@ -166,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable, ExportRefused) as err:
+    except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable, ExportRefused, ValueError) as err:
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

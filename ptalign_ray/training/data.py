@@ -1,0 +1,264 @@
+"""Training examples: dataset rows -> token ids + MLE / UT masks, all checked before training starts.
+
+One row per question holds both sequences (positive and toxic), so the two always land in the same
+step. The training prompt is the bare question as one user turn - no constraints, no exemplars: the
+model must behave safely without them. Rendering goes through :mod:`ptalign_ray.chat_template`, the
+same module synthesis and serving use.
+
+Every sample is checked (supervised share strictly between 0 and 1, no special token inside either
+response span, none inside the UT mask); a violation stops the run with a TrainingDataError naming the
+sample id. Some samples are dropped on purpose and counted instead:
+
+- ``dropped_empty_ut``: the UT mask is legitimately empty - in ``diff`` mode every toxic token also
+  occurs in the positive answer, in ``judge`` mode the judge marked no harmful span. The whole pair
+  is dropped (not just the UT half) so every training row carries both halves of the objective.
+- ``dropped_overlong``: a sequence is longer than ``max_seq_len`` and ``overlong == 'drop'``.
+- ``dropped_truncated_empty``: ``overlong == 'truncate'`` cut away every supervised token of a side.
+
+Tokenisation runs once, in a Ray Data ``map_batches``, never in the workers' training loop.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import pandas as pd
+
+from ptalign_ray.chat_template import TemplateError, encode_example, load_tokenizer
+from ptalign_ray.config import TrainingConfig
+from ptalign_ray.runs import RunDir
+from ptalign_ray.training.masks import MaskError, check_example, mle_targets, ut_targets
+
+SOURCE_STAGES = ("refinement", "synthesis")  # preferred first
+REQUIRED_COLUMNS = ("id", "question", "positive", "toxic")
+JUDGE_SPANS_COLUMN = "toxic_harmful_spans"
+DROP_REASONS = ("dropped_empty_ut", "dropped_overlong", "dropped_truncated_empty")
+# Columns of an encoded row that the workers read.
+TRAIN_COLUMNS = ["id", "pos_ids", "pos_mask", "tox_ids", "tox_mask"]
+
+
+class TrainingDataError(ValueError):
+    """A sample or dataset that must not be trained on; the message names the sample id."""
+
+
+def training_prompt(question: str) -> list[dict]:
+    """The prompt the model is trained on: the question alone, as one user turn."""
+    return [{"role": "user", "content": question}]
+
+
+def special_ids(tokenizer) -> frozenset[int]:
+    """Every special id of the tokenizer: role/template markers, EOS, BOS, pad, added specials."""
+    ids = set(tokenizer.all_special_ids)
+    for tid, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(tid))
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            ids.add(int(value))
+    return frozenset(ids)
+
+
+def _check_response_span(sample_id: str, side: str, ex, specials: frozenset[int], tokenizer) -> None:
+    for pos in range(ex.response_start, ex.response_end):
+        tok = ex.input_ids[pos]
+        if tok in specials:
+            raise TrainingDataError(
+                f"sample {sample_id!r}: the {side} response contains special token {tokenizer.convert_ids_to_tokens(tok)!r} "
+                f"(id {tok}) at position {pos}; role/template/EOS/pad tokens must not be inside a response span "
+                "(a broken chat template or unclean generated text)"
+            )
+
+
+def _truncate(ids: list[int], mask: list[bool], max_len: int) -> tuple[list[int], list[bool], bool]:
+    if len(ids) <= max_len:
+        return ids, mask, False
+    return ids[:max_len], mask[:max_len], True
+
+
+def encode_pair(
+    row: dict,
+    tokenizer,
+    tcfg: TrainingConfig,
+    specials: Optional[frozenset[int]] = None,
+) -> dict:
+    """One dataset row -> an encoded training row with a ``status`` ('ok' or a DROP_REASONS entry).
+
+    Raises TrainingDataError naming the sample for anything that means a broken template or mask.
+    """
+    sid = str(row["id"])
+    specials = special_ids(tokenizer) if specials is None else specials
+    prompt = training_prompt(str(row["question"]))
+    try:
+        pos = encode_example(tokenizer, prompt, str(row["positive"]))
+        tox = encode_example(tokenizer, prompt, str(row["toxic"]))
+    except TemplateError as err:
+        raise TrainingDataError(f"sample {sid!r}: {err}") from None
+    _check_response_span(sid, "positive", pos, specials, tokenizer)
+    _check_response_span(sid, "toxic", tox, specials, tokenizer)
+
+    spans = None
+    if tcfg.mask_mode == "judge":
+        raw = row.get(JUDGE_SPANS_COLUMN)  # a list, or a numpy array of pairs when read from Parquet
+        spans = [] if raw is None else [(int(s[0]), int(s[1])) for s in raw]
+    out: dict[str, Any] = {"id": sid, "status": "ok", "pos_truncated": False, "tox_truncated": False}
+    pos_mask = mle_targets(pos)
+    if tcfg.mask_mode == "judge" and not spans:
+        return {**out, "status": "dropped_empty_ut"}
+    try:
+        tox_mask = ut_targets(tox, pos, tcfg.mask_mode, harmful_spans=spans, special_ids=specials)
+    except ValueError as err:
+        raise TrainingDataError(f"sample {sid!r}: {err}") from None
+    if not any(tox_mask):
+        return {**out, "status": "dropped_empty_ut"}
+
+    pos_ids, tox_ids = pos.input_ids, tox.input_ids
+    if max(len(pos_ids), len(tox_ids)) > tcfg.max_seq_len:
+        if tcfg.overlong == "drop":
+            return {**out, "status": "dropped_overlong"}
+        pos_ids, pos_mask, out["pos_truncated"] = _truncate(pos_ids, pos_mask, tcfg.max_seq_len)
+        tox_ids, tox_mask, out["tox_truncated"] = _truncate(tox_ids, tox_mask, tcfg.max_seq_len)
+        if not any(pos_mask) or not any(tox_mask):
+            return {**out, "status": "dropped_truncated_empty"}
+
+    try:
+        check_example(sid, pos_ids, mle_mask=pos_mask)
+        check_example(sid, tox_ids, ut_mask=tox_mask, special_ids=specials)
+    except MaskError as err:
+        raise TrainingDataError(str(err)) from None
+    return {
+        **out,
+        "pos_ids": pos_ids,
+        "pos_mask": [int(m) for m in pos_mask],
+        "tox_ids": tox_ids,
+        "tox_mask": [int(m) for m in tox_mask],
+    }
+
+
+def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig) -> pd.DataFrame:
+    """Encodes a batch of rows; problems become ``status='error'`` rows (message in ``error``).
+
+    Errors are carried as data rather than raised inside a Ray task, so the driver can stop the run
+    with the plain message (naming the sample) instead of a remote traceback.
+    """
+    specials = special_ids(tokenizer)
+    rows = []
+    for row in df.to_dict("records"):
+        try:
+            enc = encode_pair(row, tokenizer, tcfg, specials)
+        except TrainingDataError as err:
+            enc = {"id": str(row["id"]), "status": "error", "error": str(err)}
+        enc.setdefault("error", "")
+        for key in ("pos_ids", "pos_mask", "tox_ids", "tox_mask"):
+            enc.setdefault(key, [])
+        enc.setdefault("pos_truncated", False)
+        enc.setdefault("tox_truncated", False)
+        enc["split"] = row.get("split", "train")
+        rows.append(enc)
+    return pd.DataFrame(rows, columns=["id", "split", "status", "error", "pos_truncated", "tox_truncated", *TRAIN_COLUMNS[1:]])
+
+
+def holdout_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded, order-independent held-out split by question id (at least one id on each side)."""
+    unique = sorted(set(str(i) for i in ids))
+    if fraction <= 0 or len(unique) < 2:
+        return set()
+    n = min(max(1, round(fraction * len(unique))), len(unique) - 1)
+    random.Random(seed).shuffle(unique)
+    return set(unique[:n])
+
+
+def source_stage(run: RunDir) -> str:
+    """The refined dataset when refinement has finished, else the synthesis triplets."""
+    for stage in SOURCE_STAGES:
+        if run.is_done(stage):
+            return stage
+    raise FileNotFoundError(f"no dataset in {run.root}: run `ptalign synthesize` (and `ptalign refine`) first")
+
+
+def load_source(run: RunDir, tcfg: TrainingConfig) -> tuple[str, pd.DataFrame]:
+    """Reads the training source stage's Parquet data and checks the columns training needs."""
+    stage = source_stage(run)
+    df = pd.read_parquet(run.data_dir(stage))
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise TrainingDataError(f"the {stage} dataset in {run.data_dir(stage)} lacks columns {missing}")
+    if tcfg.mask_mode == "judge" and JUDGE_SPANS_COLUMN not in df.columns:
+        raise TrainingDataError(
+            f"training.mask_mode 'judge' needs a '{JUDGE_SPANS_COLUMN}' column (harmful token spans from the judge) "
+            f"but the {stage} dataset has none; use mask_mode 'diff' or 'all'"
+        )
+    if df.empty:
+        raise TrainingDataError(f"the {stage} dataset in {run.data_dir(stage)} has no rows")
+    if not df["id"].astype(str).is_unique:
+        raise TrainingDataError(f"the {stage} dataset has duplicate ids; each question must appear once")
+    return stage, df
+
+
+@dataclass
+class TrainingData:
+    """Pre-tokenised training and held-out rows as Ray Datasets, with the counts of what was dropped."""
+
+    train: Any  # ray.data.Dataset
+    holdout: Optional[Any]  # ray.data.Dataset, None when there is no held-out split
+    source: str
+    stats: dict = field(default_factory=dict)
+
+
+def _summarise(enc: pd.DataFrame, n_rows: int) -> dict:
+    ok = enc[enc["status"] == "ok"]
+    stats = {"rows": n_rows, "kept": int(len(ok))}
+    for reason in DROP_REASONS:
+        stats[reason] = int((enc["status"] == reason).sum())
+    stats["truncated_positive"] = int(ok["pos_truncated"].sum())
+    stats["truncated_toxic"] = int(ok["tox_truncated"].sum())
+    stats["train_pairs"] = int((ok["split"] == "train").sum())
+    stats["holdout_pairs"] = int((ok["split"] == "holdout").sum())
+    stats["positive_supervised_tokens"] = int(sum(sum(m) for m in ok["pos_mask"]))
+    stats["toxic_masked_tokens"] = int(sum(sum(m) for m in ok["tox_mask"]))
+    stats["tokens"] = int(sum(len(a) + len(b) for a, b in zip(ok["pos_ids"], ok["tox_ids"])))
+    return stats
+
+
+def check_encoded(enc: pd.DataFrame, n_rows: int) -> dict:
+    """Stops the run on the first invalid sample (naming it); returns the counts of what was kept."""
+    errors = enc[enc["status"] == "error"]
+    if len(errors):
+        more = f" (and {len(errors) - 1} more sample(s) with problems)" if len(errors) > 1 else ""
+        raise TrainingDataError(f"{errors.iloc[0]['error']}{more}; nothing was trained")
+    stats = _summarise(enc, n_rows)
+    if stats["train_pairs"] == 0:
+        raise TrainingDataError(f"no training pairs left after the checks: {stats}")
+    return stats
+
+
+def prepare_training_data(
+    run: RunDir, model_path: str, tcfg: TrainingConfig, trust_remote_code: bool = False, log: Callable = print
+) -> TrainingData:
+    """Loads the source dataset, tokenises and checks it on Ray Data, splits off the held-out ids."""
+    import ray.data
+
+    stage, df = load_source(run, tcfg)
+    log(f"[training] data: {len(df)} rows from the '{stage}' stage ({run.data_dir(stage)})")
+    held = holdout_ids(df["id"].tolist(), tcfg.holdout_fraction, tcfg.seed)
+    cols = [c for c in (*REQUIRED_COLUMNS, JUDGE_SPANS_COLUMN) if c in df.columns]
+    frame = df[cols].copy()
+    frame["id"] = frame["id"].astype(str)
+    frame["split"] = ["holdout" if i in held else "train" for i in frame["id"]]
+
+    def encode(batch: pd.DataFrame) -> pd.DataFrame:
+        return encode_frame(batch, load_tokenizer(model_path, trust_remote_code), tcfg)
+
+    enc = ray.data.from_pandas(frame).map_batches(encode, batch_format="pandas", batch_size=256).to_pandas()
+    stats = check_encoded(enc, len(df))
+    ok = enc[enc["status"] == "ok"]
+    train = ok[ok["split"] == "train"][TRAIN_COLUMNS].reset_index(drop=True)
+    holdout = ok[ok["split"] == "holdout"][TRAIN_COLUMNS].reset_index(drop=True)
+    return TrainingData(
+        train=ray.data.from_pandas(train),
+        holdout=ray.data.from_pandas(holdout) if len(holdout) else None,
+        source=stage,
+        stats=stats,
+    )

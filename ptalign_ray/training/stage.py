@@ -1,0 +1,244 @@
+"""The training stage: dual instruction tuning on Ray Train, written atomically into the run directory.
+
+Layout of a finished stage (``training/`` for PT-ALIGN, ``training_mle_only/`` for the ablation)::
+
+    adapter/        peft LoRA adapter (loads into vLLM's LoRA support); absent for full fine-tuning
+    merged/         merged weights + tokenizer (optional; the full model for full fine-tuning)
+    metrics.jsonl   every report of the run, in order, across restarts
+    manifest.json   config, data counts, final and held-out metrics (written last)
+
+Ray Train's storage lives in ``RUN/.work/<stage>/ray_train/<stage>-<hash>``: a crashed worker is
+restarted by Ray Train (FailureConfig.max_failures) from the latest checkpoint, and a crashed
+``ptalign train`` that is started again finds the same folder and resumes from it too. A finished
+stage with the same config is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ptalign_ray.config import PipelineConfig
+from ptalign_ray.runs import MANIFEST, RunDir, StageConfigMismatch, finished_stage, versions, write_json_atomic  # noqa: F401
+
+VARIANTS = {"ptalign": "training", "mle_only": "training_mle_only"}
+# Fields that change how a run is operated, not what it learns: a restart may change them.
+_OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only")
+FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
+
+
+def stage_name(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown training variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+def variant_alpha(cfg: PipelineConfig, variant: str) -> float:
+    return 0.0 if variant == "mle_only" else cfg.training.alpha
+
+
+def training_hash(cfg: PipelineConfig, variant: str, source: str, source_hash: str) -> str:
+    """Keys the stage on what determines the trained weights: model, training section, data."""
+    training = cfg.training.model_dump(mode="json", exclude=set(_OPERATIONAL))
+    blob = json.dumps(
+        {"model": cfg.model.model_dump(mode="json"), "training": training, "variant": variant,
+         "alpha": variant_alpha(cfg, variant), "source": source, "source_hash": source_hash},
+        sort_keys=True,
+    )  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fault_injection(work: Path) -> dict:
+    spec = os.environ.get(FAIL_ENV)
+    if not spec:
+        return {}
+    step, _, marker = spec.partition(":")
+    return {"fail_at_step": int(step), "fail_marker": marker or str(work / "fault-injected")}
+
+
+def merge_adapter(model_path: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False) -> None:
+    """Base + LoRA -> plain weights with the tokenizer (fast vLLM inference on CPU)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ptalign_ray.chat_template import load_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto", trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    load_tokenizer(model_path, trust_remote_code).save_pretrained(out_dir)
+
+
+def _summary(history: list[dict]) -> dict:
+    """First / last training report and held-out metrics before / after, for the manifest."""
+    train = [h for h in history if "mle" in h]
+    held = [h for h in history if "holdout_mle" in h]
+    keys = ("mle", "ut", "toxic_prob", "loss")
+    hkeys = ("holdout_mle", "holdout_ut", "holdout_toxic_prob")
+    out: dict = {"reports": len(history)}
+    if train:
+        out["first"] = {k: train[0][k] for k in ("step", *keys)}
+        out["final"] = {k: train[-1][k] for k in ("step", "epoch", *keys, "lr", "tokens_per_s", "step_time_s")}
+        out["tokens"] = sum(h["tokens"] for h in train)
+        out["supervised_tokens"] = sum(h["supervised_tokens"] for h in train)
+    if held:
+        out["holdout_before"] = {k: held[0][k] for k in ("step", *hkeys)}
+        out["holdout_after"] = {k: held[-1][k] for k in ("step", *hkeys)}
+    out["resumed_from_steps"] = sorted({h["resumed_from_step"] for h in history if h.get("resumed_from_step")})
+    return out
+
+
+def train_stage(
+    cfg: PipelineConfig,
+    run: RunDir,
+    model_path: str,
+    variant: str = "ptalign",
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Runs (or resumes) one training variant; returns its manifest. A finished stage is a no-op."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ptalign_ray.chat_template import load_tokenizer
+    from ptalign_ray.ray_runtime import init_ray
+    from ptalign_ray.training.data import prepare_training_data, source_stage
+    from ptalign_ray.training.trainer import ADAPTER_DIR, FULL_MODEL_DIR, STATE_FILE, train_loop_per_worker
+
+    stage = stage_name(variant)
+    tcfg = cfg.training
+    alpha = variant_alpha(cfg, variant)
+    if force:
+        run.clear(stage)
+    source = source_stage(run)
+    source_hash = str(run.manifest(source).get("config_hash", ""))
+    chash = training_hash(cfg, variant, source, source_hash)
+    done = finished_stage(run, stage, chash, log)
+    if done is not None:
+        return done
+    if tcfg.strategy == "fsdp" and not tcfg.use_gpu:
+        raise ValueError("training.strategy 'fsdp' needs GPUs (training.use_gpu: true); use 'ddp' on CPU")
+
+    init_ray(cfg.ray)
+    t0 = time.perf_counter()
+    data = prepare_training_data(run, model_path, tcfg, cfg.model.trust_remote_code, log)
+    s = data.stats
+    log(
+        f"[{stage}] {s['train_pairs']} training / {s['holdout_pairs']} held-out pairs; dropped: "
+        f"{s['dropped_empty_ut']} empty UT mask ({tcfg.mask_mode}), {s['dropped_overlong']} over-long, "
+        f"{s['dropped_truncated_empty']} empty after truncation; truncated: {s['truncated_positive']} positive, "
+        f"{s['truncated_toxic']} toxic"
+    )
+    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    work = run.work_dir(stage)
+    name = f"{stage}-{chash}"
+    loop_config = {
+        "training": tcfg.model_dump(mode="json"),
+        "alpha": alpha,
+        "model_path": model_path,
+        "pad_id": int(pad_id),
+        "trust_remote_code": cfg.model.trust_remote_code,
+        **_fault_injection(work),
+    }
+    workers = tuple(tcfg.num_workers) if isinstance(tcfg.num_workers, (tuple, list)) else int(tcfg.num_workers)
+    datasets = {"train": data.train}
+    if data.holdout is not None:
+        datasets["holdout"] = data.holdout
+    log(f"[{stage}] alpha={alpha} mask={tcfg.mask_mode} workers={workers} strategy={tcfg.strategy} "
+        f"lora={'r=%d' % tcfg.lora.r if tcfg.lora.enabled else 'off (full fine-tuning)'}; checkpoints in {work}")  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=tcfg.use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(work / "ray_train"),
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+        # Every worker reads all rows and takes its own by index (see trainer.py): exact resume.
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    result = trainer.fit()
+    train_seconds = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RuntimeError(f"[{stage}] Ray Train finished without a final checkpoint in {work}")
+
+    with result.checkpoint.as_directory() as ckpt, run.building(stage) as tmp:
+        ckpt = Path(ckpt)
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        history = state["history"]
+        outputs: dict[str, Optional[str]] = {"adapter": None, "merged": None, "metrics": "metrics.jsonl"}
+        if tcfg.lora.enabled:
+            shutil.copytree(ckpt / ADAPTER_DIR, tmp / "adapter")
+            outputs["adapter"] = "adapter"
+            if tcfg.merge_adapter:
+                log(f"[{stage}] merging the adapter into the base weights")
+                merge_adapter(model_path, tmp / "adapter", tmp / "merged", cfg.model.trust_remote_code)
+                outputs["merged"] = "merged"
+        else:
+            shutil.copytree(ckpt / FULL_MODEL_DIR, tmp / "merged")
+            tok.save_pretrained(tmp / "merged")
+            outputs["merged"] = "merged"
+        with open(tmp / "metrics.jsonl", "w") as f:
+            for record in history:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        manifest = {
+            "stage": stage,
+            "variant": variant,
+            "config_hash": chash,
+            "model": cfg.model.name_or_path,
+            "model_path": model_path,
+            "source": {"stage": source, "config_hash": source_hash, "path": str(run.data_dir(source))},
+            "alpha": alpha,
+            "mask_mode": tcfg.mask_mode,
+            "data": data.stats,
+            "steps": state["step"],
+            "epochs": state["epoch"],
+            "samples_seen": state["samples_seen"],
+            "metrics": _summary(history),
+            "outputs": outputs,
+            "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
+            "wall_seconds": round(train_seconds, 2),
+            "config": cfg.model_dump(mode="json", include={"model", "training", "seed"}),
+            "versions": versions(),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -> None:
+    """Human-readable summary of a finished training stage (called by the CLI)."""
+    m, d = manifest["metrics"], manifest["data"]
+    log("")
+    log(f"== {manifest['stage']} summary ({manifest['variant']}, alpha={manifest['alpha']}, mask={manifest['mask_mode']}) ==")
+    log(f"  data             : {d['train_pairs']} training + {d['holdout_pairs']} held-out pairs from '{manifest['source']['stage']}'"
+        f" ({d['rows']} rows; dropped {d['dropped_empty_ut']} empty-UT, {d['dropped_overlong']} over-long,"
+        f" {d['dropped_truncated_empty']} empty after truncation; truncated {d['truncated_positive']}+{d['truncated_toxic']})")  # fmt: skip
+    log(f"  steps            : {manifest['steps']} over {manifest['epochs']} epochs, {manifest['samples_seen']} pairs seen"
+        + (f"; resumed from step(s) {m['resumed_from_steps']}" if m.get("resumed_from_steps") else ""))  # fmt: skip
+    if "first" in m:
+        f, l = m["first"], m["final"]
+        log(f"  L_MLE            : {_fmt(f['mle'])} -> {_fmt(l['mle'])}")
+        log(f"  L_UT             : {_fmt(f['ut'])} -> {_fmt(l['ut'])}")
+        log(f"  toxic-token prob : {_fmt(f['toxic_prob'])} -> {_fmt(l['toxic_prob'])}")
+        log(f"  throughput       : {_fmt(l['tokens_per_s'], '.0f')} tok/s, {_fmt(l['step_time_s'], '.2f')} s/step (last window)")
+    if "holdout_before" in m:
+        b, a = m["holdout_before"], m["holdout_after"]
+        log(f"  held-out         : L_MLE {_fmt(b['holdout_mle'])} -> {_fmt(a['holdout_mle'])}, L_UT {_fmt(b['holdout_ut'])} -> "
+            f"{_fmt(a['holdout_ut'])}, toxic prob {_fmt(b['holdout_toxic_prob'])} -> {_fmt(a['holdout_toxic_prob'])}")  # fmt: skip
+    outs = manifest["outputs"]
+    log(f"  outputs          : adapter={outs['adapter'] or '-'} merged={outs['merged'] or '-'} metrics={outs['metrics']}"
+        f" ({manifest['wall_seconds']:.0f}s wall)")  # fmt: skip

@@ -1,0 +1,505 @@
+"""The per-worker training loop run by Ray Train (TorchTrainer, Train V2).
+
+Data. Every worker receives the whole pre-tokenised dataset (it is small: one row per question) and
+takes its own rows by index: each epoch has a seeded permutation of the rows, a step consumes the next
+``world_size * batch_size * grad_accum_steps`` of them, and rank r takes every world_size-th row of
+that slice. Ray Data's streaming split hands blocks to whichever worker asks first, so a data position
+could not be replayed exactly; index sharding makes the position a single number (rows consumed in the
+epoch) that stays valid when the number of workers changes (elastic training, a restart on another
+layout).
+
+Loss. Mask sums are all-reduced per optimizer step, each worker computes its contribution with
+:func:`dual_loss` over the global counts, and the loss is multiplied by the world size before
+``backward()`` because DDP / FSDP average gradients: the gradient is that of the full-batch loss for
+any split of the batch.
+
+Checkpoints (every ``checkpoint_every_steps`` and at the end) hold the trainable weights and the
+optimizer gathered to rank 0 through ``torch.distributed.checkpoint.state_dict`` (complete under DDP,
+FSDP or a single worker), the step, epoch, data position, samples seen (which drives the learning-rate
+schedule), the metrics history, and one RNG file per rank. On restart ``ray.train.get_checkpoint()``
+returns the latest one and training continues at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptalign_ray.config import TrainingConfig
+from ptalign_ray.training.loss import dual_loss, next_token_logprobs, shift_mask
+
+STATE_FILE = "state.json"
+TRAINABLE_FILE = "trainable.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+ADAPTER_DIR = "adapter"
+FULL_MODEL_DIR = "model"
+
+
+@dataclass
+class Pair:
+    """One question's positive and toxic sequence with their token masks (0/1 over the ids)."""
+
+    id: str
+    pos_ids: list[int]
+    pos_mask: list[int]
+    tox_ids: list[int]
+    tox_mask: list[int]
+
+
+@dataclass
+class Progress:
+    """Where training is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # rows of the current epoch's order already consumed
+    samples_seen: int = 0
+    resumed_from_step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (unit-tested without Ray)
+
+
+def lr_at(progress: float, base_lr: float, warmup_ratio: float) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup_ratio`` of training, then cosine decay to 0.
+
+    A function of the fraction of samples seen, not of a step counter, so it stays right when the
+    number of workers (and with it the steps per epoch) changes on a restart.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup_ratio > 0 and progress < warmup_ratio:
+        return base_lr * progress / warmup_ratio
+    rest = (progress - warmup_ratio) / max(1.0 - warmup_ratio, 1e-12)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded row order of one epoch (the same on every worker)."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def step_rows(order: list[int], position: int, rows_per_step: int, world: int, rank: int) -> tuple[list[int], int]:
+    """This rank's row indices for the step starting at ``position``, and the rows consumed.
+
+    The last step of an epoch may be short; it is padded (wrapping to the start of the order) to a
+    multiple of the world size so every rank gets the same number of rows and runs the same number of
+    forward / backward passes.
+    """
+    take = order[position : position + rows_per_step]
+    consumed = len(take)
+    if consumed == 0:
+        raise ValueError(f"no rows left at position {position} of {len(order)}")
+    short = (-len(take)) % world
+    take = take + [order[i % len(order)] for i in range(short)]
+    return take[rank::world], consumed
+
+
+def steps_per_epoch(n_rows: int, rows_per_step: int) -> int:
+    return math.ceil(n_rows / rows_per_step)
+
+
+def pad_batch(seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pads sequences: (input_ids [B, T], attention_mask [B, T], target mask [B, T] bool)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+        mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+    return ids, attn, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model(model_path: str, tcfg: TrainingConfig, dtype: torch.dtype, seed: int, trust_remote_code: bool = False):
+    """The causal LM, wrapped with a peft LoRA adapter unless full fine-tuning is configured."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)  # identical adapter init on every worker (DDP also broadcasts rank 0's)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.config.use_cache = False
+    if not tcfg.lora.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = tcfg.lora
+    peft_cfg = LoraConfig(
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        target_modules=lcfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user model inside a DDP / FSDP wrapper."""
+    return getattr(model, "module", model)
+
+
+def _fsdp_kwargs(model: torch.nn.Module) -> dict:
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    layers = {type(m) for m in model.modules() if type(m).__name__ in names}
+    kwargs: dict[str, Any] = {"use_orig_params": True}  # LoRA: frozen and trainable params share flat params
+    if layers:
+        kwargs["auto_wrap_policy"] = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers)
+    return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+class Stepper:
+    """Optimizer steps and held-out evaluation of the dual loss on one worker.
+
+    Independent of Ray so the benchmark runs the very same step; :class:`Worker` adds the Ray Train
+    context, data and checkpoints.
+    """
+
+    def __init__(self, model, tcfg: TrainingConfig, alpha: float, pad_id: int, device: torch.device, rank: int = 0, world: int = 1):
+        self.model, self.tcfg, self.alpha, self.pad_id = model, tcfg, float(alpha), int(pad_id)
+        self.device, self.rank, self.world = device, rank, world
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=0.0)
+        self.holdout_rows: list[Pair] = []
+
+    # --- distributed helpers
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            t = t.to(self.device) if self.device.type == "cuda" else t
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return [float(v) for v in t.cpu()]
+
+    # --- forward passes
+
+    def _logprobs(self, seqs: list[list[int]], masks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        ids, attn, mask = pad_batch(seqs, masks, self.pad_id)
+        ids, attn, mask = ids.to(self.device), attn.to(self.device), mask.to(self.device)
+        with self.autocast:
+            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        return next_token_logprobs(logits, ids), shift_mask(mask), int(attn.sum())
+
+    def _micro(self, rows: list[Pair], n_pos: float, n_tox: float, alpha: float, with_toxic: bool, joint: bool):
+        """One micro-batch: (DualLossOutput, tokens forwarded).
+
+        ``joint``: positives and toxics in one forward (one backward, one gradient sync). Otherwise
+        the toxic side is only measured under no_grad (MLE-only) or skipped (``with_toxic`` False).
+        """
+        if with_toxic and joint:
+            seqs = [r.pos_ids for r in rows] + [r.tox_ids for r in rows]
+            masks = [r.pos_mask for r in rows] + [r.tox_mask for r in rows]
+            logp, mask, tokens = self._logprobs(seqs, masks)
+            b = len(rows)
+            return dual_loss(logp[:b], mask[:b], logp[b:], mask[b:], alpha, n_pos, n_tox), tokens
+        tokens = 0
+        if with_toxic:  # measured before the positive forward, so DDP sees one graph per backward
+            with torch.no_grad():
+                tox_logp, tox_mask, tokens = self._logprobs([r.tox_ids for r in rows], [r.tox_mask for r in rows])
+        else:
+            tox_logp = torch.zeros(len(rows), 1, device=self.device)
+            tox_mask = torch.zeros(len(rows), 1, dtype=torch.bool, device=self.device)
+            n_tox = 0
+        pos_logp, pos_mask, pos_tokens = self._logprobs([r.pos_ids for r in rows], [r.pos_mask for r in rows])
+        return dual_loss(pos_logp, pos_mask, tox_logp, tox_mask, alpha, n_pos, n_tox), tokens + pos_tokens
+
+    def train_step(self, rows: list[Pair], measure_toxic: bool) -> dict:
+        """One optimizer step over this rank's rows (split into micro-batches)."""
+        b = self.tcfg.batch_size
+        micro = [rows[i : i + b] for i in range(0, len(rows), b)]
+        with_toxic = self.alpha > 0 or measure_toxic
+        n_pos, n_tox = self.all_reduce(
+            [sum(sum(r.pos_mask) for r in rows), sum(sum(r.tox_mask) for r in rows) if with_toxic else 0]
+        )
+        sums = {"mle": 0.0, "ut": 0.0, "toxic_prob": 0.0, "tokens": 0}
+        self.model.train()
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                out, tokens = self._micro(mb, n_pos, n_tox, self.alpha, with_toxic, joint=self.alpha > 0)
+                (out.loss * self.world).backward()
+            sums["mle"] += float(out.mle)
+            sums["ut"] += float(out.ut)
+            sums["toxic_prob"] += float(out.toxic_prob_mean)
+            sums["tokens"] += tokens
+        if hasattr(self.model, "clip_grad_norm_"):  # FSDP
+            grad_norm = self.model.clip_grad_norm_(self.tcfg.max_grad_norm)
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tcfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {**sums, "pos_tokens": n_pos, "tox_tokens": n_tox, "grad_norm": float(grad_norm), "measured_toxic": with_toxic}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out L_MLE, L_UT and toxic-token probability (full held-out set, every rank in step)."""
+        rows = self.holdout_rows
+        if not rows:
+            return {}
+        b = self.tcfg.batch_size
+        mine = rows[self.rank :: self.world]
+        n_batches = math.ceil(math.ceil(len(rows) / self.world) / b)
+        micro = [mine[i : i + b] for i in range(0, len(mine), b)]
+        dummy = Pair(rows[0].id, rows[0].pos_ids, [0] * len(rows[0].pos_mask), rows[0].tox_ids, [0] * len(rows[0].tox_mask))
+        micro += [[dummy]] * (n_batches - len(micro))  # same number of forwards on every rank
+        n_pos, n_tox = self.all_reduce([sum(sum(r.pos_mask) for r in mine), sum(sum(r.tox_mask) for r in mine)])
+        self.model.eval()
+        sums = [0.0, 0.0, 0.0]
+        for mb in micro:
+            out, _ = self._micro(mb, n_pos, n_tox, self.alpha, with_toxic=True, joint=True)
+            sums[0] += float(out.mle)
+            sums[1] += float(out.ut)
+            sums[2] += float(out.toxic_prob_mean)
+        self.model.train()
+        mle, ut, prob = self.all_reduce(sums)
+        return {"holdout_mle": mle, "holdout_ut": ut, "holdout_toxic_prob": prob, "holdout_pairs": len(rows)}
+
+
+class Worker(Stepper):
+    """One Ray Train worker: the model prepared for DDP / FSDP, its data, progress and checkpoints."""
+
+    def __init__(self, config: dict):
+        import ray.train
+        import ray.train.torch
+
+        self.config = config
+        tcfg = TrainingConfig.model_validate(config["training"])
+        ctx = ray.train.get_context()
+        device = ray.train.torch.get_device()
+        if device.type == "cpu":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(max(1, cores // max(1, ctx.get_local_world_size())))
+        base_dtype = torch.bfloat16 if (device.type == "cuda" and tcfg.bf16 and tcfg.lora.enabled) else torch.float32
+        model = build_model(config["model_path"], tcfg, base_dtype, tcfg.seed, config.get("trust_remote_code", False))
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        # Buffers (rotary tables) are constant: no buffer sync in every forward.
+        kwargs = {"forward_sync_buffers": False} if tcfg.strategy == "ddp" else _fsdp_kwargs(model)
+        model = ray.train.torch.prepare_model(model, parallel_strategy=tcfg.strategy, parallel_strategy_kwargs=kwargs)
+        super().__init__(model, tcfg, config["alpha"], config["pad_id"], device, ctx.get_world_rank(), ctx.get_world_size())
+        self.train_rows = _load_rows("train")
+        self.holdout_rows = _load_rows("holdout")
+        self.progress = Progress()
+        self.rows_per_step = self.world * tcfg.batch_size * tcfg.grad_accum_steps
+        self.total_samples = tcfg.epochs * len(self.train_rows)
+
+    # --- checkpoints
+
+    def save(self, directory: Path, final: bool) -> None:
+        """Writes a complete checkpoint into ``directory`` (collective: every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(self.model, options=opts)  # gathered on rank 0 under FSDP
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        torch.save(_rng_state(), directory / f"rng_rank{self.rank}.pt")
+        if self.rank != 0:
+            return
+        trainable = {k: v for k, v in full.items() if k in self.trainable}
+        missing = self.trainable - set(trainable)
+        if missing:
+            raise RuntimeError(f"checkpoint would miss {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+        torch.save(trainable, directory / TRAINABLE_FILE)
+        torch.save(optim, directory / OPTIMIZER_FILE)
+        (directory / STATE_FILE).write_text(json.dumps(asdict(self.progress)))
+        if final:
+            inner = unwrap(self.model)
+            if self.tcfg.lora.enabled:
+                inner.save_pretrained(directory / ADAPTER_DIR, state_dict=trainable)
+            else:
+                inner.save_pretrained(directory / FULL_MODEL_DIR, state_dict=full, safe_serialization=True)
+
+    def restore(self, checkpoint) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+        with checkpoint.as_directory() as d:
+            d = Path(d)
+            state = json.loads((d / STATE_FILE).read_text())
+            trainable = torch.load(d / TRAINABLE_FILE, map_location="cpu")
+            optim = torch.load(d / OPTIMIZER_FILE, map_location="cpu")
+            rng_file = d / f"rng_rank{self.rank}.pt"
+            rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
+        opts = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.model, trainable, options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True))
+        self.progress = Progress(**state)
+        self.progress.resumed_from_step = self.progress.step
+        if rng is not None:
+            _set_rng_state(rng)
+        else:  # a rank that did not exist in the saved layout
+            torch.manual_seed(self.tcfg.seed + 7919 * self.rank + self.progress.step)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _load_rows(name: str) -> list[Pair]:
+    """Every row of a named Ray Dataset (not split across workers), in a fixed order."""
+    import ray.train
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one tiny read per worker
+    try:
+        shard = ray.train.get_dataset_shard(name)
+    except KeyError:
+        return []
+    if shard is None:
+        return []
+    rows = []
+    for batch in shard.iter_batches(batch_size=1024, batch_format="pandas"):
+        for r in batch.itertuples(index=False):
+            rows.append(
+                Pair(str(r.id), [int(v) for v in r.pos_ids], [int(v) for v in r.pos_mask],
+                     [int(v) for v in r.tox_ids], [int(v) for v in r.tox_mask])
+            )  # fmt: skip
+    rows.sort(key=lambda p: p.id)
+    return rows
+
+
+def _maybe_crash(config: dict, step: int, rank: int, world: int) -> None:
+    """Test hook: kills one worker process once, at a given step (marker file = already done)."""
+    at, marker = config.get("fail_at_step"), config.get("fail_marker")
+    if at is None or step != int(at) or rank != world - 1 or not marker or Path(marker).exists():
+        return
+    Path(marker).write_text(f"worker rank {rank} killed itself at step {step}\n")
+    os._exit(1)
+
+
+class _Window:
+    """Metrics accumulated between two reports."""
+
+    def __init__(self) -> None:
+        self.steps = self.tox_steps = 0
+        self.mle = self.ut = self.toxic_prob = 0.0
+        self.tokens = 0
+        self.pos_tokens = self.tox_tokens = 0.0
+        self.seconds = 0.0
+        self.grad_norm = 0.0
+
+    def add(self, out: dict, seconds: float) -> None:
+        self.steps += 1
+        self.mle += out["mle"]
+        self.tokens += out["tokens"]
+        self.pos_tokens += out["pos_tokens"]
+        self.seconds += seconds
+        self.grad_norm = out["grad_norm"]
+        if out["measured_toxic"]:
+            self.tox_steps += 1
+            self.ut += out["ut"]
+            self.toxic_prob += out["toxic_prob"]
+            self.tox_tokens += out["tox_tokens"]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Entry point handed to TorchTrainer; ``config`` is built by :mod:`ptalign_ray.training.stage`."""
+    import ray.train
+
+    w = Worker(config)
+    tcfg, p = w.tcfg, w.progress
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        w.restore(checkpoint)
+        p = w.progress
+    else:
+        torch.manual_seed(tcfg.seed + 7919 * w.rank)
+    n = len(w.train_rows)
+    total_steps_hint = p.step + math.ceil(max(w.total_samples - p.samples_seen, 0) / w.rows_per_step)
+
+    def report(metrics: dict, save: bool, final: bool = False) -> None:
+        record = {**metrics, "resumed_from_step": p.resumed_from_step, "world_size": w.world, "time": time.time()}
+        if w.rank == 0:
+            p.history.append(record)
+        if not save:
+            ray.train.report(record)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="ptalign-ckpt-"))
+        try:
+            w.save(tmp, final)
+            name = f"final_step_{p.step:07d}" if final else f"step_{p.step:07d}_from_{p.resumed_from_step:07d}"
+            ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    if checkpoint is None and w.holdout_rows:
+        report({"step": 0, "epoch": 0, **w.evaluate()}, save=False)
+
+    window = _Window()
+    while p.epoch < tcfg.epochs:
+        order = epoch_order(n, tcfg.seed, p.epoch)
+        mine, consumed = step_rows(order, p.position, w.rows_per_step, w.world, w.rank)
+        rows = [w.train_rows[i] for i in mine]
+        lr = lr_at((p.samples_seen + consumed) / max(w.total_samples, 1), tcfg.learning_rate, tcfg.warmup_ratio)
+        for group in w.optimizer.param_groups:
+            group["lr"] = lr
+        step = p.step + 1
+        is_report = step % tcfg.report_every_steps == 0
+        is_ckpt = step % tcfg.checkpoint_every_steps == 0
+        epoch_end = p.position + consumed >= n
+        last = epoch_end and p.epoch + 1 >= tcfg.epochs
+        t0 = time.perf_counter()
+        out = w.train_step(rows, measure_toxic=is_report or is_ckpt or epoch_end)
+        window.add(out, time.perf_counter() - t0)
+        p.step, p.samples_seen, p.position = step, p.samples_seen + consumed, p.position + consumed
+        _maybe_crash(config, step, w.rank, w.world)
+
+        held: dict = {}
+        if epoch_end:
+            p.epoch, p.position = p.epoch + 1, 0
+            held = w.evaluate()
+        if is_report or is_ckpt or epoch_end:
+            mle, ut, prob, tokens = w.all_reduce([window.mle, window.ut, window.toxic_prob, float(window.tokens)])
+            ts = max(window.tox_steps, 1)
+            metrics = {
+                "step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr,
+                "mle": mle / window.steps, "ut": ut / ts, "toxic_prob": prob / ts,
+                "loss": mle / window.steps + w.alpha * ut / ts,
+                "pos_tokens": int(window.pos_tokens), "tox_tokens": int(window.tox_tokens),
+                "supervised_tokens": int(window.pos_tokens + (window.tox_tokens if w.alpha > 0 else 0)),
+                "tokens": int(tokens), "tokens_per_s": tokens / max(window.seconds, 1e-9),
+                "step_time_s": window.seconds / window.steps, "grad_norm": window.grad_norm,
+                "total_steps": total_steps_hint, **held,
+            }  # fmt: skip
+            report(metrics, save=(is_ckpt or last), final=last)
+            window = _Window()
