@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -31,22 +30,9 @@ _TOXIC = "Preheat the oven to {i} degrees, whisk the batter until smooth and bak
 def machine() -> dict:
     import torch
 
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "system": f"{platform.system()} {platform.machine()}",
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    from synthesis_throughput import machine as describe
+
+    return {"machine": describe(), "torch_threads": torch.get_num_threads()}
 
 
 def build_pairs(tokenizer, n: int, seq_len: int):
