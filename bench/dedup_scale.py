@@ -10,11 +10,10 @@ Usage: .venv/bin/python bench/dedup_scale.py [--sizes 1000 10000 100000] [--out 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 
-from synthesis_throughput import machine
+from synthesis_throughput import machine, report
 
 from ptalign_ray.synthesis.dedup import near_duplicate_mask, rouge_l_f1, tokenize
 
@@ -76,10 +75,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     result = {"machine": machine(), "threshold": args.threshold, "rows": rows}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ Usage: .venv/bin/python bench/judge_throughput.py [--items 1024] [--batch 64] [-
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from synthesis_throughput import machine
+from synthesis_throughput import machine, report
 
 SUBJECTS = ["bread", "a bike", "the garden", "a letter", "tax forms", "a laptop", "the roof", "a resume"]
 ANSWERS = [
@@ -87,10 +86,7 @@ def main() -> None:
         http_concurrency=args.concurrency,
         ratio_http_vs_in_process=round(inproc_s / http1_s, 3),
     )
-    print(json.dumps(results, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+    report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}"
 
 
+def report(results: dict, out: str | None) -> None:
+    """Prints a benchmark's results as JSON and, when asked, writes them to a file too."""
+    print(json.dumps(results, indent=2))
+    if out:
+        with open(out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def build_prompts(n: int):
     from ptalign_ray.seeds import load_seeds
     from ptalign_ray.synthesis.prompts import question_messages
@@ -104,10 +112,7 @@ def main() -> None:
     )  # fmt: skip
     results["ratio_end_to_end"] = round(results["ray_data"]["tok_per_s_end_to_end"] / results["direct_vllm"]["tok_per_s_end_to_end"], 3)
     results["ratio_steady"] = round(results["ray_data"]["tok_per_s_steady"] / results["direct_vllm"]["tok_per_s_steady"], 3)
-    print(json.dumps(results, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+    report(results, args.out)
 
 
 if __name__ == "__main__":

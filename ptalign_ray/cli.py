@@ -28,6 +28,20 @@ def _config(path: str | None) -> PipelineConfig:
     return load_config(path)
 
 
+def _stage_context(args) -> tuple[PipelineConfig, RunDir, str]:
+    """What every stage command needs: the config, the run directory, the model path, Ray."""
+    from ptalign_ray.models import resolve_model
+    from ptalign_ray.ray_runtime import init_ray
+    from ptalign_ray.seeds import load_seeds
+
+    cfg = _config(args.config)
+    load_seeds(cfg.seeds)  # fail on a bad seed file before loading any model
+    run = RunDir(args.run_dir)
+    model_path = resolve_model(cfg.model.name_or_path)
+    init_ray(cfg.ray)
+    return cfg, run, model_path
+
+
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -58,17 +72,9 @@ def _print_synthesis_summary(manifest: dict) -> None:
 
 
 def cmd_synthesize(args) -> int:
-    from ptalign_ray.models import resolve_model
-    from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.synthesis.pipeline import synthesize
 
-    from ptalign_ray.seeds import load_seeds
-
-    cfg = _config(args.config)
-    load_seeds(cfg.seeds)  # fail on a bad seed file before loading any model
-    run = RunDir(args.run_dir)
-    model_path = resolve_model(cfg.model.name_or_path)
-    init_ray(cfg.ray)
+    cfg, run, model_path = _stage_context(args)
     manifest = synthesize(cfg, run, model_path, force=args.force, log=_log)
     _print_synthesis_summary(manifest)
     _log(f"  output           : {run.stage_dir('synthesis') / 'data'}")
@@ -92,14 +98,9 @@ def _print_refinement_summary(manifest: dict) -> None:
 
 
 def cmd_refine(args) -> int:
-    from ptalign_ray.models import resolve_model
-    from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.refinement.pipeline import refine
 
-    cfg = _config(args.config)
-    run = RunDir(args.run_dir)
-    model_path = resolve_model(cfg.model.name_or_path)
-    init_ray(cfg.ray)
+    cfg, run, model_path = _stage_context(args)
     manifest = refine(cfg, run, model_path, judge_url=getattr(args, "judge_url", None), force=args.force, log=_log)
     _print_refinement_summary(manifest)
     _log(f"  output           : {run.stage_dir('refinement') / 'data'} (quality: {run.stage_dir('refinement') / 'quality.json'})")
@@ -108,14 +109,9 @@ def cmd_refine(args) -> int:
 
 def cmd_train(args) -> int:
     """Dual instruction tuning on Ray Train (and the MLE-only ablation when the config asks for it)."""
-    from ptalign_ray.models import resolve_model
-    from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.training.stage import print_training_summary, train_stage
 
-    cfg = _config(args.config)
-    run = RunDir(args.run_dir)
-    model_path = resolve_model(cfg.model.name_or_path)
-    init_ray(cfg.ray)
+    cfg, run, model_path = _stage_context(args)
     variants = ["ptalign"] + (["mle_only"] if cfg.training.ablation_mle_only else [])
     for variant in variants:
         manifest = train_stage(cfg, run, model_path, variant=variant, force=args.force, log=_log)
