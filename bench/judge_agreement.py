@@ -149,6 +149,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N rows per task (smoke runs)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast even where the CPU has it")
     parser.add_argument("--repeat", type=int, default=1, help="time the fastest of N runs (verdicts are deterministic)")
+    parser.add_argument("--backend", choices=["offline", "llm"], default="offline")
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="judge model for --backend llm")
     args = parser.parse_args(argv)
 
     import torch
@@ -159,22 +161,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ptalign_ray.judging.offline import OfflineJudge
 
     t0 = time.perf_counter()
-    judge = OfflineJudge(encoder=SentenceEncoder(bf16=False) if args.fp32 else None)
+    if args.backend == "llm":
+        from ptalign_ray.config import JudgeConfig
+        from ptalign_ray.judging.llm import LLMJudge
+
+        judge = LLMJudge(JudgeConfig(backend="llm", model=args.model))
+        described = {"backend": "llm", "model": args.model, "llama_guard": judge.guard}
+    else:
+        judge = OfflineJudge(encoder=SentenceEncoder(bf16=False) if args.fp32 else None)
+        described = judge.describe()
+    # The llm backend ignores the harmful_request hint, so its two objective runs would be the same.
+    runs = RUNS if args.backend == "offline" else {k: v for k, v in RUNS.items() if k != "objective_request_probe"}
     report = {
-        "judge": judge.describe(),
+        "judge": described,
         "construct_seconds": round(time.perf_counter() - t0, 2),
         "torch_threads": args.threads,
     }
-    for key, (task, request_known) in RUNS.items():
+    for key, (task, request_known) in runs.items():
         report[key] = evaluate(judge, task, request_known, args.limit, args.repeat)
-    report["baseline_markers_only"] = marker_baselines(args.limit)
-    total_items = sum(report[k]["n"] for k in RUNS)
-    total_s = sum(report[k]["seconds"] for k in RUNS)
+    if args.backend == "offline":
+        report["baseline_markers_only"] = marker_baselines(args.limit)
+    total_items = sum(report[k]["n"] for k in runs)
+    total_s = sum(report[k]["seconds"] for k in runs)
     report["items_per_s"] = round(total_items / total_s, 1) if total_s else None
 
     text = json.dumps(report, indent=2)
     print(text)
-    for key in RUNS:
+    for key in runs:
         r = report[key]
         print(
             f"{key}: accuracy {r['accuracy']:.3f} (target {r['target_accuracy']:.2f}, "
