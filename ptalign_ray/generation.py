@@ -56,11 +56,13 @@ def generate(
 
     # Prompts that leave no room to generate never reach the engine (vLLM would fail the whole
     # batch); they come back with empty text and prompt_too_long=True for the caller to count.
+    def fits(row: dict) -> bool:
+        return len(row["tokenized_prompt"]) < max_len - 1
+
     rendered = ds.map(render).materialize()
-    fits = rendered.filter(lambda r: len(r["tokenized_prompt"]) < max_len - 1)
-    too_long = rendered.filter(lambda r: len(r["tokenized_prompt"]) >= max_len - 1).map(skipped)
+    too_long = rendered.filter(lambda r: not fits(r)).map(skipped)
     processor = build_generation_processor(model_path, model, engine, lambda row: row, postprocess)
-    return processor(fits).union(too_long)
+    return processor(rendered.filter(fits)).union(too_long)
 
 
 def token_stats(ds) -> dict[str, int]:

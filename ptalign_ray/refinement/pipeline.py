@@ -160,8 +160,7 @@ def _apply_round(ray_data, cfg: PipelineConfig, url: str, state: pd.DataFrame, c
     return current.reset_index(), stats
 
 
-def config_hash(cfg: PipelineConfig, synthesis_hash: str) -> str:
-    seeds = load_seeds(cfg.seeds)
+def config_hash(cfg: PipelineConfig, synthesis_hash: str, seeds) -> str:
     blob = f"{synthesis_hash}:{cfg.section_hash('model', 'judge', 'refinement', 'seed')}:{seeds_hash(seeds)}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -222,14 +221,14 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     syn = run.manifest(SYNTHESIS) if run.is_done(SYNTHESIS) else None
     if syn is None:
         raise FileNotFoundError(f"no finished synthesis in {run.root}; run `ptalign synthesize` first")
-    chash = config_hash(cfg, syn["config_hash"])
+    seeds = load_seeds(cfg.seeds)
+    chash = config_hash(cfg, syn["config_hash"], seeds)
     if force:
         run.clear(STAGE)
     done = finished_stage(run, STAGE, chash, log)
     if done is not None:
         return done
 
-    seeds = load_seeds(cfg.seeds)
     triplets = load_triplets(run)
     work = run.work_dir(STAGE)
     timer = StepTimer()
