@@ -9,7 +9,7 @@ and tokenizer stages are switched off so there is exactly one rendering.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from ptalign_ray.config import EngineConfig, ModelConfig
 
@@ -102,11 +102,16 @@ def direct_llm(model_path: str, model: ModelConfig, engine: EngineConfig, lora_r
 
     kwargs = engine_kwargs(model, engine)
     if lora_rank is not None:
-        fits = [r for r in _LORA_RANKS if r >= lora_rank]
-        if not fits:
-            raise ValueError(f"LoRA rank {lora_rank} is above vLLM's maximum {_LORA_RANKS[-1]}")
-        kwargs.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
+        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank(lora_rank), max_loras=1)
     return LLM(model=model_path, **kwargs)
+
+
+def max_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of this rank."""
+    fits = [r for r in _LORA_RANKS if r >= rank]
+    if not fits:
+        raise ValueError(f"LoRA rank {rank} is above vLLM's maximum {_LORA_RANKS[-1]}")
+    return fits[0]
 
 
 def lora_request(adapter_dir: str, name: str = "aligned", adapter_id: int = 1):
@@ -130,3 +135,73 @@ def direct_generate(llm, prompt_ids: list[list[int]], params: list[dict], lora=N
         lora_request=lora,
     )
     return [(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
+
+
+def serve_llm_config(
+    model_id: str,
+    weights_path: str,
+    model: ModelConfig,
+    engine: EngineConfig,
+    deployment: dict[str, Any],
+    adapters: Sequence[tuple[str, str, int]] = (),
+    default_max_tokens: Optional[int] = None,
+) -> dict[str, Any]:
+    """Keyword arguments of ``ray.serve.llm.LLMConfig`` for one vLLM engine deployment.
+
+    ``adapters``: (API name, local peft adapter folder, rank) applied at run time. They are handed to
+    vLLM as static ``lora_modules`` (loaded once at engine start, addressed by name), because Ray
+    2.60's ``lora_config.dynamic_lora_loading_path`` only accepts s3:// / gs:// / azure:// URIs.
+    ``deployment``: Serve deployment options (autoscaling, ongoing-request limits).
+    ``default_max_tokens``: what a request that names no max_tokens gets (vLLM's default would be
+    the whole remaining context); vLLM still caps it at the context left after the prompt.
+    """
+    kwargs = engine_kwargs(model, engine)
+    if default_max_tokens is not None:
+        kwargs["override_generation_config"] = {"max_new_tokens": int(default_max_tokens)}
+    if adapters:
+        kwargs.update(
+            enable_lora=True,
+            max_lora_rank=max_lora_rank(max(rank for _, _, rank in adapters)),
+            max_loras=len(adapters),
+            lora_modules=[{"name": name, "path": path, "base_model_name": model_id} for name, path, _ in adapters],
+        )
+    deployment = dict(deployment)
+    cfg: dict[str, Any] = dict(
+        model_loading_config={"model_id": model_id, "model_source": weights_path},
+        engine_kwargs=kwargs,
+        runtime_env={"env_vars": engine_env(engine)},
+        log_engine_metrics=False,
+    )
+    if engine.device == "cpu":
+        cfg["placement_group_config"] = _placement(engine)
+        # The replica actor only drives the engine; its engine bundle holds the CPU it computes on.
+        deployment.setdefault("ray_actor_options", {}).setdefault("num_cpus", 0)
+    elif engine.accelerator_type:
+        cfg["accelerator_type"] = engine.accelerator_type
+    cfg["deployment_config"] = deployment
+    return cfg
+
+
+def direct_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, lora_rank: Optional[int] = None, max_loras: int = 1):
+    """An in-process vLLM AsyncLLM with the arguments the Serve deployments get (serving benchmark's
+    baseline: the same engine without Ray Serve, HTTP or the ingress in front)."""
+    os.environ.update(engine_env(engine))
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    kwargs = engine_kwargs(model, engine)
+    if lora_rank is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank(lora_rank), max_loras=max_loras)
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **kwargs))
+
+
+async def direct_async_generate(llm, prompt_ids: list[int], params: dict, request_id: str, lora=None) -> tuple[str, int]:
+    """One request through an in-process AsyncLLM, final output only (as a non-streaming HTTP call)."""
+    from vllm import SamplingParams, TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    sp = SamplingParams(**sampling_params(params), output_kind=RequestOutputKind.FINAL_ONLY)
+    final = None
+    async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), sp, request_id, lora_request=lora):
+        final = out
+    return final.outputs[0].text, len(final.outputs[0].token_ids)

@@ -116,6 +116,30 @@ def build_judge_deployment(cfg: JudgeConfig, policy_model_path: Optional[str] = 
     return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path)
 
 
+def build_judge_worker(cfg: JudgeConfig, policy_model_path: Optional[str] = None, num_replicas: int = 1):
+    """The judge backend as a plain deployment called through a handle, for applications that have
+    their own HTTP ingress (`ptalign serve`): Serve allows one FastAPI ingress per application.
+    Callers validate requests with parse_judge_request first."""
+    from ray import serve
+
+    @serve.deployment(name="SafetyJudge", num_replicas=num_replicas, ray_actor_options={"num_cpus": 1})
+    class SafetyJudgeWorker:
+        def __init__(self, cfg_json: dict, model_path: Optional[str]):
+            self.cfg = JudgeConfig.model_validate(cfg_json)
+            self.backend = make_backend(self.cfg, model_path)
+
+        def healthz(self) -> dict[str, Any]:
+            return {"status": "ok", "backend": self.cfg.backend}
+
+        async def judge_items(self, items: list[dict]) -> dict[str, Any]:
+            import asyncio
+
+            verdicts = await asyncio.to_thread(self.backend.judge, items)
+            return {"verdicts": [v.model_dump() for v in verdicts], "backend": self.cfg.backend}
+
+    return SafetyJudgeWorker.bind(cfg.model_dump(mode="json"), policy_model_path)
+
+
 def start_judge(cfg: JudgeConfig, policy_model_path: Optional[str] = None) -> str:
     """Starts the judge app on Serve (in the connected Ray) at cfg.host:cfg.port; returns its URL."""
     from ray import serve

@@ -1,0 +1,312 @@
+"""Protection in front of the OpenAI routes: bearer-token auth, request limits, deadlines.
+
+Why an ASGI middleware and not checks inside the route handlers: it runs before FastAPI parses the
+body, so an unauthenticated client gets 401 (not a schema error), an oversized body is cut off at
+the limit instead of being read into memory, and limits are checked on the raw JSON with messages
+that name the field. Why the key is kept only as a SHA-256 digest: the serialized deployment
+arguments (stored in Ray's GCS, shown by `serve status` tooling) never hold the key itself.
+
+Every violation is an OpenAI-style JSON error: 400 bad JSON / over a limit, 401 missing or wrong
+key, 413 body too large. Health routes (/healthz, /readyz) stay open for load balancers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from ptalign_ray.config import ServingConfig
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+
+
+class ApiKeyError(ValueError):
+    """The configured API key cannot be read; the message names the field and what to fix."""
+
+
+class ApiError(Exception):
+    """A request rejected before it reaches the engine: HTTP status + a message saying what to fix."""
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = type_
+
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.param, self.type)
+
+
+def error_body(status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error") -> dict:
+    """The OpenAI error shape, so SDKs raise their usual exceptions with our message."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": status}}
+
+
+def load_api_key(serving: ServingConfig, env: Optional[dict] = None) -> Optional[str]:
+    """The bearer token named by serving.api_key_env / api_key_file; None when auth is off."""
+    env = os.environ if env is None else env
+    if serving.api_key_env:
+        key = (env.get(serving.api_key_env) or "").strip()
+        if not key:
+            raise ApiKeyError(
+                f"serving.api_key_env names ${serving.api_key_env}, which is unset or empty; export the key there"
+            )
+        return key
+    if serving.api_key_file:
+        path = Path(serving.api_key_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as err:
+            raise ApiKeyError(f"serving.api_key_file {path} cannot be read: {err.strerror}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ApiKeyError(f"serving.api_key_file {path} is empty; put the key on its first line")
+        return key
+    return None
+
+
+def key_digest(key: Optional[str]) -> Optional[str]:
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
+
+
+def check_bearer(authorization: Optional[str], digest: Optional[str]) -> None:
+    """Raises ApiError(401) unless the Authorization header carries the key (constant-time compare)."""
+    if digest is None:
+        return
+    if not authorization:
+        raise ApiError(401, "missing API key: send the header 'Authorization: Bearer <key>'", type_="authentication_error")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "malformed Authorization header: use 'Authorization: Bearer <key>'", type_="authentication_error")
+    if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).hexdigest(), digest):
+        raise ApiError(401, "invalid API key", type_="authentication_error")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits of the generation routes (from ServingConfig)."""
+
+    max_body_bytes: int = 1_000_000
+    max_prompt_chars: int = 16_000
+    max_tokens: int = 1024
+    max_n: int = 4
+    # Larger bodies allowed on some paths (the judge takes batches of items).
+    body_limits: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, serving: ServingConfig, body_limits: Optional[dict[str, int]] = None) -> "Limits":
+        return cls(
+            max_body_bytes=serving.max_body_bytes,
+            max_prompt_chars=serving.max_prompt_chars,
+            max_tokens=serving.max_tokens_limit,
+            max_n=serving.max_n,
+            body_limits=dict(body_limits or {}),
+        )
+
+    def body_limit(self, path: str) -> int:
+        return self.body_limits.get(path, self.max_body_bytes)
+
+
+def _text_chars(content: Any) -> int:
+    """Characters of text in a chat message content: a string or a list of content parts."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        n = 0
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                n += len(part["text"])
+            elif isinstance(part, str):
+                n += len(part)
+        return n
+    return 0
+
+
+def _prompt_chars(prompt: Any) -> int:
+    """Size of a completions prompt: characters of text, or one per token id."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(_prompt_chars(p) if isinstance(p, (str, list)) else 1 for p in prompt)
+    return 0
+
+
+def _positive_int(data: dict, key: str, limit: int, what: str) -> None:
+    value = data.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{key} must be an integer, got {value!r}", key)
+    if value < 1:
+        raise ApiError(400, f"{key} must be at least 1, got {value}", key)
+    if value > limit:
+        raise ApiError(400, f"{key}={value} is above this server's limit of {limit} ({what}); ask for fewer", key)
+
+
+def check_generation_request(path: str, data: Any, limits: Limits) -> None:
+    """Checks a chat / completions body against the limits; raises ApiError(400) naming the field.
+
+    Only what the limits need is checked here; the OpenAI schema itself is validated afterwards by
+    the route (also 400, naming the field).
+    """
+    if not isinstance(data, dict):
+        raise ApiError(400, f"body must be a JSON object, got {type(data).__name__}")
+    for key in ("max_tokens", "max_completion_tokens"):
+        _positive_int(data, key, limits.max_tokens, "serving.max_tokens_limit")
+    for key in ("n", "best_of"):
+        _positive_int(data, key, limits.max_n, "serving.max_n")
+    if path == CHAT_PATH:
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
+        chars = sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        param = "messages"
+    else:
+        if "prompt" not in data:
+            raise ApiError(400, "prompt is required", "prompt")
+        chars = _prompt_chars(data.get("prompt"))
+        param = "prompt"
+    if chars > limits.max_prompt_chars:
+        raise ApiError(
+            400,
+            f"{param} hold {chars} characters; this server accepts at most {limits.max_prompt_chars} "
+            "(serving.max_prompt_chars): shorten the prompt",
+            param,
+        )
+
+
+def _header(scope: dict, name: bytes) -> Optional[str]:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def route_path(scope: dict) -> str:
+    """The path inside the application (without Serve's route prefix)."""
+    path = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and root != "/" and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+class ProtectionMiddleware:
+    """ASGI middleware: auth on every route but health, body size, generation limits.
+
+    The body is read here (at most the limit) and replayed to the application; after the replay,
+    ``receive`` is the client's again so disconnects still cancel streaming generations.
+    """
+
+    def __init__(self, app, *, digest: Optional[str], limits: Limits, open_paths=OPEN_PATHS):
+        self.app = app
+        self.digest = digest
+        self.limits = limits
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = route_path(scope)
+        try:
+            if path not in self.open_paths:
+                check_bearer(_header(scope, b"authorization"), self.digest)
+            if scope.get("method") not in ("POST", "PUT", "PATCH"):
+                return await self.app(scope, receive, send)
+            body = await self._read_body(scope, receive, self.limits.body_limit(path))
+            if path in (CHAT_PATH, COMPLETIONS_PATH):
+                if not body.strip():
+                    raise ApiError(400, "empty body: send a JSON object (see the OpenAI API reference)")
+                try:
+                    data = json.loads(body)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise ApiError(400, f"body is not valid JSON: {err}") from None
+                check_generation_request(path, data, self.limits)
+        except ApiError as err:
+            return await _send_json(send, err.status, err.body(), auth=err.status == 401)
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _read_body(scope, receive, limit: int) -> bytes:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} (serving.max_body_bytes)")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is over the limit of {limit} bytes (serving.max_body_bytes)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+async def _send_json(send, status: int, payload: dict, auth: bool = False) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if auth:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def timeout_message(timeout_s: float) -> str:
+    return (
+        f"the request did not finish within {timeout_s:g}s (serving.request_timeout_s); ask for fewer tokens "
+        "or retry when the server is less busy"
+    )
+
+
+async def stream_with_deadline(chunks: AsyncIterator[str], deadline: float, timeout_s: float) -> AsyncIterator[str]:
+    """Passes SSE chunks through until ``deadline`` (loop time); then sends an error event and
+    [DONE] and closes the upstream generator (which cancels the generation in the engine).
+
+    A stream has already sent its 200 status, so a late timeout can only be reported in-band.
+    """
+    loop = asyncio.get_running_loop()
+    it = chunks.__aiter__()
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(it.__anext__(), remaining)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                yield "data: " + json.dumps(error_body(504, timeout_message(timeout_s), type_="timeout")) + "\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            yield chunk
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # noqa: BLE001 - closing a cancelled upstream must not mask the response
+                pass

@@ -1,0 +1,189 @@
+"""Protection of the serving app without Ray: auth, limits, body size, deadlines, key loading."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from ptalign_ray.config import ConfigError, ServingConfig, parse_config
+from ptalign_ray.serving.protection import (
+    ApiError,
+    ApiKeyError,
+    Limits,
+    ProtectionMiddleware,
+    check_bearer,
+    check_generation_request,
+    key_digest,
+    load_api_key,
+    stream_with_deadline,
+)
+
+LIMITS = Limits(max_body_bytes=2000, max_prompt_chars=100, max_tokens=64, max_n=2, body_limits={"/v1/judge": 5000})
+CHAT = "/v1/chat/completions"
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def test_bearer_check():
+    digest = key_digest("s3cret")
+    check_bearer(None, None)  # auth off
+    check_bearer("Bearer s3cret", digest)
+    check_bearer("bearer  s3cret ", digest)
+    for header, needle in [(None, "missing"), ("s3cret", "malformed"), ("Basic s3cret", "malformed"),
+                           ("Bearer ", "malformed"), ("Bearer wrong", "invalid API key")]:  # fmt: skip
+        with pytest.raises(ApiError, match=needle) as err:
+            check_bearer(header, digest)
+        assert err.value.status == 401
+
+
+def test_api_key_from_env_or_file(tmp_path):
+    assert load_api_key(ServingConfig()) is None
+    cfg = ServingConfig(api_key_env="MY_KEY")
+    assert load_api_key(cfg, env={"MY_KEY": " k1 \n"}) == "k1"
+    with pytest.raises(ApiKeyError, match=r"\$MY_KEY"):
+        load_api_key(cfg, env={})
+    with pytest.raises(ApiKeyError, match="unset or empty"):
+        load_api_key(cfg, env={"MY_KEY": "  "})
+    f = tmp_path / "key"
+    f.write_text("k2\nignored\n")
+    assert load_api_key(ServingConfig(api_key_file=str(f))) == "k2"
+    with pytest.raises(ApiKeyError, match="cannot be read"):
+        load_api_key(ServingConfig(api_key_file=str(tmp_path / "nope")))
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ApiKeyError, match="empty"):
+        load_api_key(ServingConfig(api_key_file=str(tmp_path / "empty")))
+
+
+def test_serving_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="serving.*beyond loopback.*api_key_env"):
+        parse_config({"serving": {"host": "0.0.0.0"}})
+    assert parse_config({"serving": {"host": "0.0.0.0", "api_key_env": "K"}}).serving.host == "0.0.0.0"
+    assert parse_config({"serving": {"host": "0.0.0.0", "allow_unauthenticated_remote": True}})
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config({"serving": {"api_key_env": "K", "api_key_file": "f"}})
+    with pytest.raises(ConfigError, match="serving.models.*more than once"):
+        parse_config({"serving": {"models": ["ptalign", "ptalign"]}})
+    with pytest.raises(ConfigError, match="serving.models"):
+        parse_config({"serving": {"models": []}})
+    with pytest.raises(ConfigError, match="serving.mode"):
+        parse_config({"serving": {"mode": "fast"}})
+    with pytest.raises(ConfigError, match="serving.base_model_name"):
+        parse_config({"serving": {"base_model_name": "ptalign"}})
+    with pytest.raises(ConfigError, match="serving.*min_replicas"):
+        parse_config({"serving": {"min_replicas": 3, "max_replicas": 2}})
+
+
+@pytest.mark.parametrize(
+    "path, body, needle",
+    [
+        (CHAT, [1], "JSON object"),
+        (CHAT, {}, "messages"),
+        (CHAT, {"messages": []}, "messages"),
+        (CHAT, {"messages": MSG, "max_tokens": 65}, "max_tokens=65"),
+        (CHAT, {"messages": MSG, "max_completion_tokens": 0}, "at least 1"),
+        (CHAT, {"messages": MSG, "max_tokens": True}, "integer"),
+        (CHAT, {"messages": MSG, "n": 3}, "n=3"),
+        (CHAT, {"messages": MSG, "best_of": 5}, "best_of=5"),
+        (CHAT, {"messages": [{"role": "user", "content": "x" * 101}]}, "101 characters"),
+        (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 60}] * 2}]}, "120 characters"),
+        ("/v1/completions", {"max_tokens": 8}, "prompt is required"),
+        ("/v1/completions", {"prompt": ["x" * 60, "y" * 60]}, "120 characters"),
+        ("/v1/completions", {"prompt": list(range(101))}, "101 characters"),
+    ],
+)
+def test_generation_limits(path, body, needle):
+    with pytest.raises(ApiError, match=needle) as err:
+        check_generation_request(path, body, LIMITS)
+    assert err.value.status == 400
+
+
+def test_generation_limits_accept_valid_bodies():
+    check_generation_request(CHAT, {"messages": MSG, "max_tokens": 64, "n": 2}, LIMITS)
+    check_generation_request(CHAT, {"messages": MSG}, LIMITS)
+    check_generation_request("/v1/completions", {"prompt": "x" * 100, "max_tokens": None}, LIMITS)
+
+
+def _client(digest="default"):
+    async def echo(request: Request):
+        return JSONResponse({"body": (await request.body()).decode(), "path": request.url.path})
+
+    routes = [Route(p, echo, methods=["GET", "POST"]) for p in (CHAT, "/v1/completions", "/v1/judge", "/v1/models", "/healthz")]
+    app = Starlette(routes=routes)
+    app.add_middleware(ProtectionMiddleware, digest=key_digest("k") if digest == "default" else digest, limits=LIMITS)
+    return TestClient(app)
+
+
+def test_middleware_auth_runs_before_the_body_is_read():
+    c = _client()
+    assert c.get("/healthz").status_code == 200  # health stays open
+    r = c.post(CHAT, content=b"{not json")  # no key: 401, not a JSON error
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"]["type"] == "authentication_error"
+    assert c.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
+
+
+def test_middleware_replays_the_body_and_checks_limits():
+    c = _client(digest=None)
+    body = json.dumps({"messages": MSG, "max_tokens": 8})
+    r = c.post(CHAT, content=body)
+    assert r.status_code == 200 and r.json()["body"] == body
+    r = c.post(CHAT, content=json.dumps({"messages": MSG, "max_tokens": 100}))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    assert c.post(CHAT, content=b"").status_code == 400
+    assert "not valid JSON" in c.post(CHAT, content=b"{x").json()["error"]["message"]
+    # The judge has its own (larger) body limit and its own schema checks downstream.
+    assert c.post("/v1/judge", content=b"j" * 4000).status_code == 200
+
+
+def test_middleware_body_size_declared_and_streamed():
+    c = _client(digest=None)
+    r = c.post(CHAT, content=b"x" * 2001)
+    assert r.status_code == 413 and "2001 bytes" in r.json()["error"]["message"]
+
+    def chunks():  # no content-length: the limit is enforced while reading
+        for _ in range(30):
+            yield b"x" * 100
+
+    r = c.post(CHAT, content=chunks())
+    assert r.status_code == 413 and "over the limit" in r.json()["error"]["message"]
+
+
+def test_stream_deadline_ends_a_slow_stream_with_an_error_event():
+    closed = []
+
+    async def slow():
+        try:
+            yield "data: 1\n\n"
+            await asyncio.sleep(10)
+            yield "data: 2\n\n"
+        finally:
+            closed.append(True)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        return [c async for c in stream_with_deadline(slow(), loop.time() + 0.2, 0.2)]
+
+    out = asyncio.run(run())
+    assert out[0] == "data: 1\n\n" and out[-1] == "data: [DONE]\n\n"
+    err = json.loads(out[1][len("data: ") :])["error"]
+    assert err["code"] == 504 and "serving.request_timeout_s" in err["message"]
+    assert closed == [True]  # the upstream generation was closed (cancelled)
+
+
+def test_stream_deadline_passes_a_fast_stream_through():
+    async def fast():
+        for i in range(3):
+            yield f"data: {i}\n\n"
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        return [c async for c in stream_with_deadline(fast(), loop.time() + 5, 5)]
+
+    assert asyncio.run(run()) == [f"data: {i}\n\n" for i in range(3)]
