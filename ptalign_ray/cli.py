@@ -18,7 +18,6 @@ from ptalign_ray.runs import RunDir, StageConfigMismatch
 from ptalign_ray.seeds import SeedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-STAGES = ("synthesis", "refinement")  # stages implemented so far, in pipeline order
 
 
 def _config(path: str | None) -> PipelineConfig:
@@ -119,6 +118,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Base vs MLE-only vs PT-ALIGN on the evaluation prompt sets; logic in ptalign_ray/evaluation/."""
+    from ptalign_ray.evaluation.stage import evaluate, print_evaluation_summary
+
+    cfg, run, model_path = _stage_context(args)
+    manifest = evaluate(cfg, run, model_path, force=args.force, log=_log)
+    print_evaluation_summary(manifest, _log)
+    out = run.stage_dir("evaluation")
+    _log(f"  report           : {out / 'report.html'} ({out / 'report.md'}, {out / 'report.json'}, plots in {out / 'plots'})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from ptalign_ray.refinement.export import export
     from ptalign_ray.refinement.pipeline import load_refined
@@ -129,12 +140,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The aligned model (OpenAI API) and the judge on Ray Serve until Ctrl-C; logic in ptalign_ray/serving/."""
+    from ptalign_ray.serving.app import serve_forever, with_overrides
+
+    cfg = with_overrides(_config(args.config), mode=args.mode, host=args.host, port=args.port)
+    return serve_forever(cfg, args.run_dir, log=_log)
+
+
 def cmd_run(args) -> int:
-    """Runs every implemented stage in order, skipping finished ones (resume after interruption)."""
+    """synthesize -> refine -> train -> evaluate (-> serve with --serve). A finished stage with the
+    same config is skipped, so a run interrupted anywhere resumes at the first unfinished stage."""
     t0 = time.perf_counter()
-    cmd_synthesize(args)
-    cmd_refine(args)
-    _log(f"\n[run] stages done: {', '.join(STAGES)} in {time.perf_counter() - t0:.0f}s; run directory {Path(args.run_dir).resolve()}")
+    seconds: dict[str, float] = {}
+    for name, fn in (("synthesize", cmd_synthesize), ("refine", cmd_refine), ("train", cmd_train), ("evaluate", cmd_evaluate)):
+        _log(f"\n[run] stage {name}")
+        start = time.perf_counter()
+        fn(args)
+        seconds[name] = time.perf_counter() - start
+    report = RunDir(args.run_dir).stage_dir("evaluation") / "report.html"
+    per_stage = ", ".join(f"{name} {s:.0f}s" for name, s in seconds.items())
+    _log(f"\n[run] all stages done in {time.perf_counter() - t0:.0f}s ({per_stage})")
+    _log(f"[run] report: {report.resolve()}")
+    if getattr(args, "serve", False):
+        return cmd_serve(args)
     return 0
 
 
@@ -163,13 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     r = stage("refine", cmd_refine, "judge every sample on Ray Serve; revise / resample failures for K rounds")
     r.add_argument("--judge-url", default=None, help="use a running judge endpoint instead of starting one")
     stage("train", cmd_train, "dual instruction tuning (MLE + token-level unlikelihood) on Ray Train")
+    stage("evaluate", cmd_evaluate, "base vs MLE-only vs PT-ALIGN on HarmBench / AdvBench / jailbreaks / over-refusal; report")
     e = sub.add_parser("export", help="refined dataset as JSONL: sft (positives) or preference (needs --include-toxic)")
     e.add_argument("--run-dir", "-r", default="runs/default")
     e.add_argument("--format", choices=["sft", "preference"], default="sft")
     e.add_argument("--out", "-o", required=True, help="output .jsonl path")
     e.add_argument("--include-toxic", action="store_true", help="allow writing the toxic responses (preference format)")
     e.set_defaults(fn=cmd_export)
-    stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
+    sv = sub.add_parser("serve", help="serve the trained model (OpenAI API) and the safety judge on Ray Serve")
+    sv.add_argument("--config", "-c", default=None, help="pipeline YAML (default: configs/default.yaml)")
+    sv.add_argument("--run-dir", "-r", default="runs/default", help="run directory with a finished training stage")
+    sv.add_argument("--mode", choices=["merged", "lora"], default=None, help="override serving.mode")
+    sv.add_argument("--host", default=None, help="override serving.host (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="override serving.port (default 8000)")
+    sv.set_defaults(fn=cmd_serve)
+    rn = stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
+    rn.add_argument("--serve", action="store_true", help="serve the aligned model and the judge when done (Ctrl-C stops)")
+    rn.set_defaults(mode=None, host=None, port=None, judge_url=None)
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
     v.add_argument("--config", "-c", default=None)
     v.set_defaults(fn=cmd_validate)

