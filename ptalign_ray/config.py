@@ -159,7 +159,6 @@ class TrainingConfig(_Section):
     checkpoint_every_steps: PositiveInt = 20
     max_failures: int = Field(2, ge=0)
     merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
-    helpfulness_anchor: bool = Field(False, description="Deviation from the paper: MLE on benign self-generated Q/A.")
 
     _check_workers = field_validator("num_workers")(_check_pool)
 
