@@ -190,7 +190,7 @@ def _final(state: pd.DataFrame, triplets: pd.DataFrame, cfg: PipelineConfig, cha
     keep = near_duplicate_mask(out["question"].tolist(), cfg.synthesis.dedup_threshold)
     for qid in out.loc[[not k for k in keep], "id"]:
         reasons[qid] = "near-duplicate question"
-    out = out[keep].reset_index(drop=True)
+    out = out.loc[pd.Series(keep, index=out.index, dtype=bool)].reset_index(drop=True)  # rows, also when none are kept
     dropped = triplets.set_index("id").loc[list(reasons), ["domain"]].assign(reason=pd.Series(reasons)).reset_index()
     return out[COLUMNS], dropped
 

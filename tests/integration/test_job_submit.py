@@ -1,14 +1,16 @@
-"""`ray job submit` round trip: a real Ray head on 127.0.0.1, the documented runtime_env, a small
-pipeline (synthesis on the tiny model) submitted through the Job Submission API, outputs checked."""
+"""`ray job submit` round trip: a real Ray head on 127.0.0.1 with token authentication, the
+documented runtime_env, a small pipeline (synthesis on the tiny model) submitted through the Job
+Submission API from a separate client process, outputs checked."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,20 +24,43 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
+# The job client, run in its own process: Ray caches the auth token per process, so a client in
+# the test process (which has used another Ray already) would send the wrong one.
+CLIENT = textwrap.dedent(
+    """
+    import json, sys, time
+    from ray.job_submission import JobSubmissionClient, JobStatus
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head --block` on loopback with token auth (its own token), stopped by SIGTERM."""
+    address, entrypoint, runtime_env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    deadline = time.monotonic() + 180
+    while True:  # the dashboard, then the head's job agent, come up after `ray start` returns
+        try:
+            client = JobSubmissionClient(address)
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(3)
+    deadline = time.monotonic() + 600
+    while not (status := client.get_job_status(job_id)).is_terminal():
+        if time.monotonic() > deadline:
+            raise SystemExit("job did not finish in 10 minutes")
+        time.sleep(3)
+    logs = client.get_job_logs(job_id)
+    joined = "Connecting to existing Ray cluster" in logs  # the job joined the head, no Ray of its own
+    print(json.dumps({"status": str(status), "joined_head": joined, "logs": logs[-4000:]}))
+    """
+)
+
+
+def test_submitted_synthesis_job_succeeds_and_writes_its_outputs(tmp_path, tiny_model):
     token = tmp_path / "ray_auth_token"
     token.write_text(secrets.token_hex(32))
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
     gcs_port, dash_port = free_port(), free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
@@ -44,58 +69,30 @@ def ray_head(tmp_path):
          "--num-cpus=4", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    address = f"http://127.0.0.1:{dash_port}"
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     try:
-        from ray.job_submission import JobSubmissionClient
-
-        deadline = time.monotonic() + 180
-        while True:
-            assert head.poll() is None, "ray start --head exited early"
-            try:
-                client = JobSubmissionClient(address)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
-        yield client
+        config = tmp_path / "tiny.yaml"
+        config.write_text(yaml.safe_dump(tiny_pipeline_config(tiny_model)))
+        run_dir = tmp_path / "run"
+        # The documented runtime_env (jobs/runtime_env.yaml), with the repository as working_dir.
+        runtime_env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+        runtime_env["working_dir"] = str(REPO)
+        runtime_env.setdefault("env_vars", {})["PTALIGN_HOME"] = os.environ["PTALIGN_HOME"]
+        entrypoint = f"{sys.executable} -m ptalign_ray synthesize --config {config} --run-dir {run_dir}"
+        client = subprocess.run(
+            [sys.executable, "-c", CLIENT, f"http://127.0.0.1:{dash_port}", entrypoint, json.dumps(runtime_env)],
+            env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr[-3000:]
+        result = json.loads(client.stdout.strip().splitlines()[-1])
+        assert result["status"] == "SUCCEEDED", result["logs"]
+        assert result["joined_head"], result["logs"]
+        manifest = read_json(RunDir(run_dir).stage_dir("synthesis") / "manifest.json")
+        assert manifest["counts"]["triplets"] > 0
+        assert list((RunDir(run_dir).stage_dir("synthesis") / "data").glob("*.parquet"))
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         head.send_signal(signal.SIGTERM)  # --block stops every process it started
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-
-
-def test_submitted_synthesis_job_succeeds_and_writes_its_outputs(tmp_path, tiny_model, ray_head):
-    from ray.job_submission import JobStatus
-
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_pipeline_config(tiny_model)))
-    run_dir = tmp_path / "run"
-    # The documented runtime_env (jobs/runtime_env.yaml), with the repository as working_dir.
-    runtime_env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
-    runtime_env["working_dir"] = str(REPO)
-    runtime_env.setdefault("env_vars", {})["PTALIGN_HOME"] = os.environ["PTALIGN_HOME"]
-    job_id = ray_head.submit_job(
-        entrypoint=f"{sys.executable} -m ptalign_ray synthesize --config {config} --run-dir {run_dir}",
-        runtime_env=runtime_env,
-    )
-    deadline = time.monotonic() + 600
-    while not (status := ray_head.get_job_status(job_id)).is_terminal():
-        assert time.monotonic() < deadline, "job did not finish in 10 minutes"
-        time.sleep(3)
-    logs = ray_head.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert "Connecting to existing Ray cluster" in logs  # the job joined the head, it did not start its own Ray
-    manifest = read_json(RunDir(run_dir).stage_dir("synthesis") / "manifest.json")
-    assert manifest["counts"]["triplets"] > 0
-    assert list((RunDir(run_dir).stage_dir("synthesis") / "data").glob("*.parquet"))
