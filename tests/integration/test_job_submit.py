@@ -62,11 +62,17 @@ def test_submitted_synthesis_job_succeeds_and_writes_its_outputs(tmp_path, tiny_
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN", None)
     gcs_port, dash_port = free_port(), free_port()
+    # Every listener of the head gets its own free port: the session's local Ray (other tests)
+    # already holds the agents' default ports, and an agent that cannot bind never registers
+    # ("No available agent to submit job").
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+                   f"--ray-client-server-port={free_port()}"]  # fmt: skip
     ray_bin = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--num-cpus=4", "--disable-usage-stats"],
+         "--num-cpus=4", "--disable-usage-stats", *agent_ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
