@@ -62,13 +62,24 @@ def render_text(tokenizer, messages: Sequence[Message], add_generation_prompt: b
     )
 
 
-def render_ids(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a prompt, exactly as the model sees it in every stage."""
-    return _as_ids(
+def render_ids(
+    tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True, response_prefix: str = ""
+) -> list[int]:
+    """Token ids of a prompt, exactly as the model sees it in every stage.
+
+    ``response_prefix`` is text the assistant's answer starts with (response priming): its tokens
+    follow the generation prompt, and the engine continues from there.
+    """
+    ids = _as_ids(
         tokenizer.apply_chat_template(
             validate_messages(messages), tokenize=True, add_generation_prompt=add_generation_prompt
         )
     )
+    if response_prefix:
+        if not add_generation_prompt:
+            raise TemplateError("a response prefix needs the generation prompt before it")
+        ids += list(tokenizer.encode(response_prefix, add_special_tokens=False))
+    return ids
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ and records the same generation statistics.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from ptalign_ray.chat_template import load_tokenizer, render_ids
 from ptalign_ray.config import EngineConfig, ModelConfig
@@ -23,26 +23,30 @@ def generate(
     messages_of: Callable[[dict], list[dict]],
     sampling_of: Callable[[dict], dict],
     keep: tuple[str, ...],
+    prefix_of: Optional[Callable[[dict], str]] = None,
 ):
     """Returns ``ds`` with the columns ``keep`` plus generated_text / token counts per row
     (and prompt_too_long: rows whose prompt did not fit the context get empty text).
 
     ``messages_of(row)`` builds the chat messages and ``sampling_of(row)`` the vLLM sampling
-    parameters of a row; both run inside Ray workers, so they must be picklable.
+    parameters of a row; ``prefix_of(row)``, when given, the text the answer starts from (it is
+    part of generated_text). All run inside Ray workers, so they must be picklable.
     """
     trust = model.trust_remote_code
     max_len = model.max_model_len
 
     def render(row: dict) -> dict:
-        ids = render_ids(load_tokenizer(model_path, trust), messages_of(row))
+        prefix = prefix_of(row) if prefix_of else ""
+        ids = render_ids(load_tokenizer(model_path, trust), messages_of(row), response_prefix=prefix)
         params = sampling_params(sampling_of(row))
         # Never ask for more tokens than the context leaves; vLLM would reject the row.
         params["max_tokens"] = max(1, min(int(params["max_tokens"]), max_len - len(ids)))
-        return {**{k: row[k] for k in keep}, "tokenized_prompt": ids, "sampling_params": params}
+        out = {k: row[k] for k in keep}
+        return {**out, "response_prefix": prefix, "tokenized_prompt": ids, "sampling_params": params}
 
     def postprocess(row: dict) -> dict:
         out = {k: row[k] for k in keep}
-        out["generated_text"] = row.get("generated_text") or ""
+        out["generated_text"] = (row.get("response_prefix") or "") + (row.get("generated_text") or "")
         out["num_generated_tokens"] = int(row.get("num_generated_tokens") or 0)
         out["num_input_tokens"] = int(row.get("num_input_tokens") or 0)
         out["prompt_too_long"] = False

@@ -1,8 +1,10 @@
 """When a refined sample passes, from the judge's verdict.
 
-A positive passes when it is not harmful and answers the question (not empty, not off-topic): a
-refusal with a safe alternative is exactly what a positive should be. A toxic sample passes when it
-is harmful and not a refusal.
+Every question here is a red-team question, so a positive passes when it declines (the seed
+constraint: say why you will not help, then offer a safe alternative), is not harmful and stays on
+the question (not empty, not off-topic). Harmless rambling that neither declines nor helps is not a
+positive: trained on it, the model never learns to decline. A toxic sample passes when it is
+harmful and not a refusal.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def failure_reason(polarity: str, response: str, verdict: dict) -> Optional[str]
             return "harmful"
         if verdict.get("on_topic") is False:
             return "off-topic"
+        if not verdict["refusal"]:
+            return "no refusal"
         return None
     if verdict["refusal"]:
         return "refusal"

@@ -121,6 +121,7 @@ def _candidates(ray_data, cfg: PipelineConfig, seeds, model_path: str, state: pd
         messages_of=lambda r: candidate_messages(seeds, r),
         sampling_of=lambda r: sampling,
         keep=("key", "question", "polarity", "candidate"),
+        prefix_of=lambda r: seeds.opening_for(r["question"], r["polarity"]),
     ).materialize()  # fmt: skip
     stats = {k: v for k, v in token_stats(gen).items() if k != "rows"}
     cands = gen.to_pandas()

@@ -1,14 +1,15 @@
 """Seed annotations: the fewer-than-50 human labels that start PT-ALIGN's self-alignment.
 
-What counts as one annotation: a domain, a constraint, a seed question, an exemplar answer, and
-an exemplar's question when it is not already a seed question. More than 49 is an error.
+What counts as one annotation: a domain, a constraint, a seed question, an exemplar answer, an
+exemplar's question when it is not already a seed question, and a response opening. More than 49
+is an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,6 +29,7 @@ class _Strict(BaseModel):
 
 
 NonEmpty = Field(min_length=1)
+Opening = Annotated[str, Field(min_length=1, max_length=80)]
 
 
 class Domain(_Strict):
@@ -59,6 +61,11 @@ class Seeds(_Strict):
     toxic_constraint: str = NonEmpty
     seed_questions: list[SeedQuestion] = Field(min_length=1)
     exemplars: list[Exemplar] = []
+    # Openings the synthesis engine's answer starts from (response priming), one picked per question.
+    # A small model ignores "say why you will not help" in its constraint; starting its positive
+    # answer from "I can't help with" makes it decline and lets it write the reason and alternative.
+    positive_openings: list[Opening] = []
+    toxic_openings: list[Opening] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> "Seeds":
@@ -69,6 +76,9 @@ class Seeds(_Strict):
         unknown = sorted({q.domain for q in self.seed_questions} - set(names))
         if unknown:
             raise ValueError(f"seed_questions name unknown domains {unknown}; declared domains: {names}")
+        for field in ("positive_openings", "toxic_openings"):
+            if any("\n" in o for o in getattr(self, field)):
+                raise ValueError(f"{field}: an opening is the first words of an answer, on one line")
         n = self.annotation_count
         if n > MAX_ANNOTATIONS:
             raise ValueError(
@@ -86,6 +96,7 @@ class Seeds(_Strict):
             "seed_questions": len(self.seed_questions),
             "exemplar_questions": sum(1 for e in self.exemplars if e.question not in seeded),
             "exemplar_answers": sum((e.positive is not None) + (e.toxic is not None) for e in self.exemplars),
+            "openings": len(self.positive_openings) + len(self.toxic_openings),
         }
 
     @property
@@ -97,6 +108,15 @@ class Seeds(_Strict):
 
     def all_questions(self) -> list[str]:
         return [q.question for q in self.seed_questions] + [e.question for e in self.exemplars]
+
+    def opening_for(self, question: str, polarity: str) -> str:
+        """The opening a response of this polarity to this question starts from ("" for none);
+        the same question always gets the same opening, so reruns and resumes agree."""
+        openings = {"positive": self.positive_openings, "toxic": self.toxic_openings}[polarity]
+        if not openings:
+            return ""
+        pick = int.from_bytes(hashlib.sha256(question.encode()).digest()[:4], "big")
+        return openings[pick % len(openings)]
 
     def description_of(self, domain: str) -> str:
         return next(d.description for d in self.domains if d.name == domain)

@@ -150,6 +150,7 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         messages_of=lambda r: response_messages(seeds, r["question"], r["polarity"]),
         sampling_of=lambda r: params[r["polarity"]],
         keep=("id", "polarity"),
+        prefix_of=lambda r: seeds.opening_for(r["question"], r["polarity"]),
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     out = gen.to_pandas()

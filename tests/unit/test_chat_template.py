@@ -11,6 +11,16 @@ def test_render_ids_match_text_rendering(tiny_tokenizer):
     assert render_ids(tiny_tokenizer, MSGS) == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def test_response_prefix_follows_the_generation_prompt(tiny_tokenizer):
+    prefix = "I can't help with"
+    ids = render_ids(tiny_tokenizer, MSGS, response_prefix=prefix)
+    prompt = render_ids(tiny_tokenizer, MSGS)
+    assert ids[: len(prompt)] == prompt
+    assert tiny_tokenizer.decode(ids[len(prompt) :]) == prefix
+    with pytest.raises(TemplateError, match="generation prompt"):
+        render_ids(tiny_tokenizer, MSGS, add_generation_prompt=False, response_prefix=prefix)
+
+
 def test_encode_example_boundaries_are_exact(tiny_tokenizer):
     response = "Plant them in full sun and water them often."
     ex = encode_example(tiny_tokenizer, MSGS, response)

@@ -67,3 +67,28 @@ def test_missing_and_malformed_files(tmp_path):
     p.write_text("- a\n- b\n")
     with pytest.raises(SeedError, match="mapping"):
         load_seeds(p)
+
+
+def test_openings_count_as_annotations_and_are_picked_stably(tmp_path):
+    seeds = load_seeds("default")
+    assert seeds.annotation_breakdown["openings"] == len(seeds.positive_openings) + len(seeds.toxic_openings) > 0
+    picks = {seeds.opening_for(f"question {i}", "positive") for i in range(50)}
+    assert picks == set(seeds.positive_openings)  # every opening gets used
+    assert seeds.opening_for("same question", "toxic") == seeds.opening_for("same question", "toxic")
+    data = _base()
+    data.pop("positive_openings")
+    data.pop("toxic_openings")
+    bare = load_seeds(_write(tmp_path, data))
+    assert bare.opening_for("anything", "positive") == "" and bare.annotation_count == seeds.annotation_count - 4
+
+
+@pytest.mark.parametrize(
+    "openings, expect",
+    [(["line one\nline two"], "on one line"), ([""], "positive_openings.0"), (["x" * 81], "positive_openings.0")],
+)
+def test_bad_openings_name_the_field(tmp_path, openings, expect):
+    data = _base()
+    data["positive_openings"] = openings
+    with pytest.raises(SeedError) as err:
+        load_seeds(_write(tmp_path, data))
+    assert expect in str(err.value)
