@@ -7,7 +7,6 @@ invalid JSON -> 400, too large -> 413, wrong schema / empty / too many items / o
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -15,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptalign_ray.config import JudgeConfig, format_validation_error
+from ptalign_ray.http_body import BodyError, parse_json_body
 
 APP_NAME = "judge"
 ROUTE_PREFIX = "/"
@@ -52,12 +52,10 @@ def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
     """Validates a raw request body; raises BadRequest(status, message) saying what to fix."""
     if len(body) > max_body_bytes(cfg):
         raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
-    if not body.strip():
-        raise BadRequest(400, 'empty body: send JSON like {"items": [{"prompt": "...", "response": "..."}]}')
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(400, f"body is not valid JSON: {err}") from None
+        data = parse_json_body(body, 'JSON like {"items": [{"prompt": "...", "response": "..."}]}')
+    except BodyError as err:
+        raise BadRequest(err.status, err.message) from None
     if not isinstance(data, dict):
         raise BadRequest(422, 'body must be a JSON object like {"items": [...]}')
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from ptalign_ray.config import ServingConfig
+from ptalign_ray.http_body import BodyError, parse_json_body
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CHAT_PATH = "/v1/chat/completions"
@@ -224,12 +225,10 @@ class ProtectionMiddleware:
                 return await self.app(scope, receive, send)
             body = await self._read_body(scope, receive, self.limits.body_limit(path))
             if path in (CHAT_PATH, COMPLETIONS_PATH):
-                if not body.strip():
-                    raise ApiError(400, "empty body: send a JSON object (see the OpenAI API reference)")
                 try:
-                    data = json.loads(body)
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise ApiError(400, f"body is not valid JSON: {err}") from None
+                    data = parse_json_body(body, "a JSON object (see the OpenAI API reference)")
+                except BodyError as err:
+                    raise ApiError(err.status, err.message) from None
                 check_generation_request(path, data, self.limits)
         except ApiError as err:
             return await _send_json(send, err.status, err.body(), auth=err.status == 401)
