@@ -59,6 +59,8 @@ def _print_synthesis_summary(manifest: dict) -> None:
     )
     r = steps["responses"]
     _log(f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty")
+    if q.get("benign_questions_kept"):
+        _log(f"  benign           : {q['benign_questions_kept']} benign questions, {r['benign_answers']} answered by the model")
     for name in ("topics", "questions", "responses"):
         s = steps[name]
         rate = s["generated_tokens"] / s["seconds"] if s.get("seconds") else 0.0
@@ -93,6 +95,10 @@ def _print_refinement_summary(manifest: dict) -> None:
     if q["drop_reasons"]:
         _log("  dropped          : " + "; ".join(f"{k} x{v}" for k, v in q["drop_reasons"].items()))
     _log("  per domain       : " + ", ".join(f"{d} {c['kept']}/{c['kept'] + c['dropped']}" for d, c in q["per_domain"].items()))
+    b = q.get("benign") or {}
+    if b.get("total"):
+        why = "; ".join(f"{k} x{v}" for k, v in b["drop_reasons"].items()) or "none dropped"
+        _log(f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful); {why}")
     _log(f"  wall time        : {manifest['wall_seconds']:.1f}s, {manifest['tokens']['generated']} tokens generated")
 
 

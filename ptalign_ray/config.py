@@ -92,6 +92,12 @@ class SynthesisConfig(_Section):
     topic_samples: PositiveInt = Field(2, description="Independent brainstorm samples per domain.")
     max_topics_per_domain: PositiveInt = Field(8, description="Topics kept per domain after dedup.")
     questions_per_topic: PositiveInt = Field(5, description="Questions the model is asked to write per topic.")
+    benign_questions_per_topic: int = Field(
+        0, ge=0,
+        description="Benign questions on the same topic (0 = none), answered by the model itself with the bare "
+        "question: trained with MLE only, they anchor its helpful behaviour so it learns to decline harmful "
+        "requests, not every request that sounds like one.",
+    )  # fmt: skip
     few_shot_questions: int = Field(3, ge=0, description="Seed questions shown as examples.")
     dedup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates.")
     min_question_chars: PositiveInt = 15

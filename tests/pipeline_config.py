@@ -21,6 +21,7 @@ def tiny_pipeline_config(model_dir: Path) -> dict:
         "engine": {"batch_size": 32, "max_num_seqs": 64, "cpu_kvcache_space_gib": 1},
         "synthesis": {
             "topics_per_domain": 3, "topic_samples": 1, "max_topics_per_domain": 1, "questions_per_topic": 3,
+            "benign_questions_per_topic": 1,
             "topic_sampling": {"temperature": 0.9, "max_tokens": 40},
             "question_sampling": {"temperature": 0.9, "max_tokens": 60},
             "positive_sampling": {"temperature": 0.9, "max_tokens": 16},

@@ -66,8 +66,10 @@ def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[d
 
 
 def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, list[str]], dict]:
-    """Questions the models saw or were built from: seeds, synthesised and refined questions."""
+    """Questions the models saw or were built from: seeds, synthesised and refined questions
+    (red-team and benign)."""
     from ptalign_ray.seeds import load_seeds, seeds_hash
+    from ptalign_ray.synthesis.pipeline import load_benign
 
     seeds = load_seeds(cfg.seeds)
     refs = {"seeds": list(dict.fromkeys(seeds.all_questions()))}
@@ -75,7 +77,7 @@ def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, lis
     for stage in ("synthesis", "refinement"):
         if run.is_done(stage):
             df = pd.read_parquet(run.data_dir(stage), columns=["question"])
-            refs[stage] = df["question"].astype(str).tolist()
+            refs[stage] = df["question"].astype(str).tolist() + load_benign(run, stage)["question"].astype(str).tolist()
             hashes[stage] = run.manifest(stage).get("config_hash")
     return refs, hashes
 

@@ -49,10 +49,15 @@ class JudgeClient:
             "check that it is running (serve status) or raise judge.retries / judge.request_timeout_s"
         )
 
-    def judge(self, prompts: Sequence[str], responses: Sequence[str], harmful_request: bool | None = None) -> list[dict]:
+    def judge(
+        self, prompts: Sequence[str], responses: Sequence[str], harmful_request: bool | Sequence[bool] | None = None
+    ) -> list[dict]:
+        """Verdicts in order; ``harmful_request`` is what the caller knows about the requests
+        (one value for all, or one per item)."""
         items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
         if harmful_request is not None:
-            items = [{**item, "harmful_request": harmful_request} for item in items]
+            known = [harmful_request] * len(items) if isinstance(harmful_request, bool) else list(harmful_request)
+            items = [{**item, "harmful_request": bool(k)} for item, k in zip(items, known)]
         out: list[dict] = []
         for start in range(0, len(items), self.max_items):
             out.extend(self._post(items[start : start + self.max_items]))

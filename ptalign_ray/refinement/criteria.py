@@ -4,7 +4,7 @@ Every question here is a red-team question, so a positive passes when it decline
 constraint: say why you will not help, then offer a safe alternative), is not harmful and stays on
 the question (not empty, not off-topic). Harmless rambling that neither declines nor helps is not a
 positive: trained on it, the model never learns to decline. A toxic sample passes when it is
-harmful and not a refusal.
+harmful and not a refusal. A benign answer passes when it helps and is not harmful.
 """
 
 from __future__ import annotations
@@ -15,11 +15,23 @@ MAX_TEXT_CHARS = 8000
 
 
 def failure_reason(polarity: str, response: str, verdict: dict) -> Optional[str]:
-    """None when the sample passes, else a short reason (recorded when a sample is dropped)."""
+    """None when the sample passes, else a short reason (recorded when a sample is dropped).
+
+    ``polarity`` 'benign' is the model's own answer to a benign question: it passes when it helps
+    (no refusal, not off-topic) and is not harmful.
+    """
     if not response.strip():
         return "empty"
     if verdict.get("error"):
         return "judge error"
+    if polarity == "benign":
+        if verdict["harmful"]:
+            return "harmful"
+        if verdict.get("on_topic") is False:
+            return "off-topic"
+        if verdict["refusal"]:
+            return "refusal"
+        return None
     if polarity == "positive":
         if verdict["harmful"]:
             return "harmful"

@@ -33,9 +33,10 @@ from ptalign_ray.runs import (
 from ptalign_ray.seeds import load_seeds, seeds_hash
 from ptalign_ray.synthesis.dedup import near_duplicate_mask
 from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
-from ptalign_ray.synthesis.pipeline import load_triplets
+from ptalign_ray.synthesis.pipeline import BENIGN_DIR, load_benign, load_triplets
 
 STAGE = "refinement"
+BENIGN_COLUMNS = ["id", "domain", "topic", "question", "response", "score", "model", "config_hash"]
 POLARITIES = ("positive", "toxic")
 VERDICT_COLUMNS = ("harmful", "refusal", "score", "rationale", "categories", "on_topic", "error")
 COLUMNS = [
@@ -53,9 +54,10 @@ class JudgeBatch:
         self.client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        # Every question here is a red-team question by construction: say so, so the judge
-        # decides only whether the response goes along with it.
-        verdicts = self.client.judge(batch["question"].tolist(), batch["response"].tolist(), harmful_request=True)
+        # Every question here is a red-team question by construction (or, polarity 'benign', a
+        # benign one): say so, so the judge decides only whether the response goes along with it.
+        known = [p != "benign" for p in batch["polarity"]]
+        verdicts = self.client.judge(batch["question"].tolist(), batch["response"].tolist(), harmful_request=known)
         for col in VERDICT_COLUMNS:
             batch[col] = [v.get(col) for v in verdicts]
         batch["categories"] = [list(c or []) for c in batch["categories"]]
@@ -264,6 +266,12 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
                 rec.update(stats | gen_stats | {"pass": _pass_counts(state)})
             rounds.append({"round": k, **rec})
             log(f"[refinement] round {k}: {rec['failing']} failing -> {rec['fixed']} fixed; now {_fmt(rec['pass'])} pass ({rec['seconds']}s)")
+        benign = load_benign(run)
+        with timer.step("benign") as rec:
+            judged, _ = checkpointed(work, "benign", chash, lambda: (_judge_benign(ray_data, cfg, judge_url, benign), {}))
+            rec.update(_benign_counts(judged))
+        if len(benign):
+            log(f"[refinement] benign answers: {rec['kept']}/{rec['total']} help and are not harmful ({rec['seconds']}s)")
     finally:
         if started_judge:
             from ray import serve
@@ -272,6 +280,8 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
 
     out, dropped = _final(state, triplets, cfg, chash)
     quality = _quality(rounds, out, dropped, len(triplets))
+    quality["benign"] = _benign_counts(judged)
+    kept_benign = judged[judged["reason"].isna()].assign(config_hash=chash) if len(judged) else judged
     generated = sum(r.get("generated_tokens", 0) for r in rounds)
     manifest = {
         "stage": STAGE,
@@ -288,10 +298,26 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     }
     with run.building(STAGE) as tmp:
         write_parquet_atomic(out, tmp / "data" / "triplets.parquet")
+        write_parquet_atomic(kept_benign.reindex(columns=BENIGN_COLUMNS), tmp / BENIGN_DIR / "benign.parquet")
         write_parquet_atomic(dropped, tmp / "dropped.parquet")
         write_json_atomic(tmp / "quality.json", quality)
         write_json_atomic(tmp / MANIFEST, manifest)
     return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
+
+
+def _judge_benign(ray_data, cfg: PipelineConfig, url: str, benign: pd.DataFrame) -> pd.DataFrame:
+    """Judges the model's own answers to benign questions once; failures are dropped, not revised
+    (the answer is what the model already does - there is nothing to teach it by rewriting it)."""
+    if benign.empty:
+        return pd.DataFrame(columns=[*BENIGN_COLUMNS, "reason"])
+    df = benign.assign(polarity="benign")[["id", "domain", "topic", "question", "response", "polarity", "model"]]
+    return judge_frame(ray_data, df, url, cfg).drop(columns=["polarity"])
+
+
+def _benign_counts(judged: pd.DataFrame) -> dict:
+    reasons = judged["reason"].dropna().value_counts().to_dict() if len(judged) else {}
+    return {"total": len(judged), "kept": int(judged["reason"].isna().sum()) if len(judged) else 0,
+            "drop_reasons": {k: int(v) for k, v in reasons.items()}}  # fmt: skip
 
 
 def _fmt(pass_counts: dict) -> str:

@@ -1,5 +1,9 @@
 """The synthesis stage on Ray Data: seeds -> topics -> questions -> positive / toxic responses.
 
+With ``synthesis.benign_questions_per_topic`` the same passes also write benign questions on each
+topic and the model's own answers to them (the helpful behaviour training must keep), stored apart
+in ``benign/benign.parquet``.
+
 Each step is a Ray Dataset transformation (vLLM generation through ray.data.llm, list parsing with
 flat_map, dedup with groupby / a single-block map_batches). The output of the topic and question
 steps is checkpointed in the run's work folder, so an interrupted stage resumes at the first
@@ -29,13 +33,22 @@ from ptalign_ray.runs import (
 from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
 from ptalign_ray.synthesis.dedup import near_duplicate_mask
 from ptalign_ray.synthesis.parsing import parse_questions, parse_topics
-from ptalign_ray.synthesis.prompts import question_messages, response_messages, topic_messages
+from ptalign_ray.synthesis.prompts import (
+    benign_answer_messages,
+    benign_question_messages,
+    question_messages,
+    response_messages,
+    topic_messages,
+)
 
 STAGE = "synthesis"
 COLUMNS = [
     "id", "domain", "topic", "question", "positive", "toxic",
     "positive_tokens", "toxic_tokens", "positive_truncated", "toxic_truncated", "model", "config_hash",
 ]  # fmt: skip
+BENIGN_COLUMNS = ["id", "domain", "topic", "question", "response", "response_tokens", "response_truncated", "model", "config_hash"]
+RED_TEAM, BENIGN = "red_team", "benign"
+BENIGN_DIR = "benign"  # next to data/, so readers of data/ see the triplets only
 
 
 def question_id(question: str) -> str:
@@ -99,22 +112,31 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         own = seeds.questions_for(r.domain)
         others = [q for q in all_seed_questions if q not in own]
         pool = own + rng.sample(others, k=len(others))
-        rows.append({"domain": r.domain, "topic": r.topic, "examples": pool[: syn.few_shot_questions]})
-    n_q = syn.questions_per_topic
+        examples = pool[: syn.few_shot_questions]
+        rows.append({"domain": r.domain, "topic": r.topic, "kind": RED_TEAM, "examples": examples})
+        if syn.benign_questions_per_topic:
+            rows.append({"domain": r.domain, "topic": r.topic, "kind": BENIGN, "examples": examples})
+    n_q, n_benign = syn.questions_per_topic, syn.benign_questions_per_topic
     sampling = syn.question_sampling.to_vllm()
+
+    def messages_of(r: dict) -> list[dict]:
+        if r["kind"] == BENIGN:
+            return benign_question_messages(r["domain"], r["topic"], n_benign)
+        return question_messages(r["domain"], r["topic"], list(r["examples"]), n_q)
+
     gen = generate(
         ray_data.from_items(rows),
         model_path, cfg.model, cfg.engine,
-        messages_of=lambda r: question_messages(r["domain"], r["topic"], list(r["examples"]), n_q),
+        messages_of=messages_of,
         sampling_of=lambda r: sampling,
-        keep=("domain", "topic"),
+        keep=("domain", "topic", "kind"),
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     lo, hi = syn.min_question_chars, syn.max_question_chars
 
     def explode(row: dict) -> list[dict]:
         qs = parse_questions(row["generated_text"], lo, hi)
-        return [{"domain": row["domain"], "topic": row["topic"], "question": q} for q in qs]
+        return [{"domain": row["domain"], "topic": row["topic"], "kind": row["kind"], "question": q} for q in qs]
 
     threshold = syn.dedup_threshold
     seed_refs = seeds.all_questions()
@@ -130,36 +152,51 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         # Global dedup needs every question in one place: one block, handled by the filter's index.
         df = parsed.repartition(1).map_batches(dedupe, batch_size=None, batch_format="pandas").to_pandas()
     else:
-        df = pd.DataFrame(columns=["id", "domain", "topic", "question"])
-    stats["questions_kept"] = len(df)
-    stats["near_duplicates_dropped"] = stats["questions_parsed"] - len(df)
+        df = pd.DataFrame(columns=["id", "domain", "topic", "kind", "question"])
+    stats["benign_questions_kept"] = int((df["kind"] == BENIGN).sum())
+    stats["questions_kept"] = len(df) - stats["benign_questions_kept"]
+    stats["near_duplicates_dropped"] = stats["questions_parsed"] - len(df)  # red-team and benign together
     return df, stats
 
 
 def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str, questions: pd.DataFrame, chash: str, model_name: str):
+    """One generation pass: positive + toxic answers to red-team questions, the model's own
+    answers (bare question, positive sampling) to benign ones. Returns (triplets, benign, stats)."""
     syn = cfg.synthesis
     params = {"positive": syn.positive_sampling.to_vllm(), "toxic": syn.toxic_sampling.to_vllm()}
-    rows = [
-        {"id": r.id, "question": r.question, "polarity": p}
-        for r in questions.itertuples()
-        for p in ("positive", "toxic")
-    ]
+    params[BENIGN] = params["positive"]
+    kinds = questions["kind"] if "kind" in questions else pd.Series(RED_TEAM, index=questions.index)
+    rows = []
+    for r, kind in zip(questions.itertuples(), kinds):
+        for p in ("positive", "toxic") if kind == RED_TEAM else (BENIGN,):
+            rows.append({"id": r.id, "question": r.question, "polarity": p})
+
+    def messages_of(r: dict) -> list[dict]:
+        if r["polarity"] == BENIGN:
+            return benign_answer_messages(r["question"])
+        return response_messages(seeds, r["question"], r["polarity"])
+
+    def prefix_of(r: dict) -> str:
+        return "" if r["polarity"] == BENIGN else seeds.opening_for(r["question"], r["polarity"])
+
     gen = generate(
         ray_data.from_items(rows),
         model_path, cfg.model, cfg.engine,
-        messages_of=lambda r: response_messages(seeds, r["question"], r["polarity"]),
+        messages_of=messages_of,
         sampling_of=lambda r: params[r["polarity"]],
         keep=("id", "polarity"),
-        prefix_of=lambda r: seeds.opening_for(r["question"], r["polarity"]),
+        prefix_of=prefix_of,
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     out = gen.to_pandas()
-    wide = out.pivot(index="id", columns="polarity", values=["generated_text", "num_generated_tokens"])
-    df = questions.set_index("id").join(
+    out["generated_text"] = out["generated_text"].str.strip()
+    red = out[out["polarity"] != BENIGN]
+    wide = red.pivot(index="id", columns="polarity", values=["generated_text", "num_generated_tokens"])
+    df = questions[kinds == RED_TEAM].drop(columns=["kind"], errors="ignore").set_index("id").join(
         pd.DataFrame(
             {
-                "positive": wide[("generated_text", "positive")].str.strip(),
-                "toxic": wide[("generated_text", "toxic")].str.strip(),
+                "positive": wide[("generated_text", "positive")],
+                "toxic": wide[("generated_text", "toxic")],
                 "positive_tokens": wide[("num_generated_tokens", "positive")].astype(int),
                 "toxic_tokens": wide[("num_generated_tokens", "toxic")].astype(int),
             }
@@ -174,7 +211,19 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     df["model"] = model_name
     df["config_hash"] = chash
     stats["triplets"] = len(df)
-    return df[COLUMNS], stats
+
+    answers = out[out["polarity"] == BENIGN].set_index("id")
+    benign = questions[kinds == BENIGN].drop(columns=["kind"]).set_index("id").join(
+        pd.DataFrame({"response": answers["generated_text"], "response_tokens": answers["num_generated_tokens"].astype(int)}),
+        how="inner",
+    ).reset_index() if len(answers) else pd.DataFrame(columns=BENIGN_COLUMNS)  # fmt: skip
+    benign["response_truncated"] = benign["response_tokens"] >= params[BENIGN]["max_tokens"]
+    stats["empty_responses_dropped"] += int((benign["response"] == "").sum())
+    benign = benign[benign["response"] != ""].reset_index(drop=True)
+    benign["model"] = model_name
+    benign["config_hash"] = chash
+    stats["benign_answers"] = len(benign)
+    return df[COLUMNS], benign[BENIGN_COLUMNS], stats
 
 
 def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = False, log=print) -> dict:
@@ -208,14 +257,15 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
     log(
         f"[synthesis] questions: {rec['questions_kept']} kept of {rec['questions_parsed']} parsed, "
         f"{rec['near_duplicates_dropped']} near-duplicates dropped ({rec['seconds']}s)"
+        + (f"; {rec['benign_questions_kept']} benign questions" if cfg.synthesis.benign_questions_per_topic else "")
     )
-    if questions.empty:
+    if rec["questions_kept"] == 0:
         raise RuntimeError("the model produced no usable questions; check synthesis.question_sampling")
 
     with timer.step("responses") as rec:
-        triplets, stats = _step_responses(ray_data, cfg, seeds, model_path, questions, chash, cfg.model.name_or_path)
+        triplets, benign, stats = _step_responses(ray_data, cfg, seeds, model_path, questions, chash, cfg.model.name_or_path)
         rec.update(stats)
-    log(f"[synthesis] responses: {rec['triplets']} triplets ({rec['seconds']}s)")
+    log(f"[synthesis] responses: {rec['triplets']} triplets, {rec['benign_answers']} benign answers ({rec['seconds']}s)")
 
     generated = sum(s.get("generated_tokens", 0) for s in timer.steps.values())
     manifest = {
@@ -229,8 +279,10 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         "counts": {
             "domains": len(seeds.domains),
             "topics": len(topics),
-            "questions": len(questions),
+            "questions": timer.steps["questions"]["questions_kept"],
             "triplets": len(triplets),
+            "benign_questions": timer.steps["questions"]["benign_questions_kept"],
+            "benign_answers": len(benign),
         },
         "tokens": {
             "generated": generated,
@@ -243,9 +295,16 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
     }  # fmt: skip
     with run.building(STAGE) as tmp:
         write_parquet_atomic(triplets, tmp / "data" / "triplets.parquet")
+        write_parquet_atomic(benign, tmp / BENIGN_DIR / "benign.parquet")
         write_json_atomic(tmp / MANIFEST, manifest)
     return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
 
 
 def load_triplets(run: RunDir) -> pd.DataFrame:
     return pd.read_parquet(run.data_dir(STAGE))
+
+
+def load_benign(run: RunDir, stage: str = STAGE) -> pd.DataFrame:
+    """A finished stage's benign questions and answers (empty when it has none)."""
+    path = run.data_dir(stage).parent / BENIGN_DIR / "benign.parquet"
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=["id", "domain", "topic", "question", "response"])

@@ -44,6 +44,34 @@ def question_messages(domain: str, topic: str, examples: list[str], n_questions:
     ]
 
 
+BENIGN_SYSTEM = (
+    "You help a safety team collect the everyday questions that an AI assistant should answer helpfully, "
+    "including questions on sensitive subjects asked for legitimate reasons."
+)
+
+
+def benign_question_messages(domain: str, topic: str, n_questions: int) -> list[dict]:
+    """Benign questions near a harm topic (safety, prevention, law, history, how things work): the
+    contrast that keeps the aligned model from refusing everything that sounds sensitive."""
+    return [
+        {"role": "system", "content": BENIGN_SYSTEM},
+        {
+            "role": "user",
+            "content": (
+                f"Write {n_questions} different questions that an ordinary, law-abiding person might ask an AI "
+                f"assistant about \"{topic}\" (subject: {domain.replace('_', ' ')}), for example about staying "
+                f"safe, prevention, the law, history or how something works. Each question is one sentence. "
+                f"Answer only with a numbered list."
+            ),
+        },
+    ]
+
+
+def benign_answer_messages(question: str) -> list[dict]:
+    """The bare question, exactly as in training: the model's own answer is what it should keep doing."""
+    return [{"role": "user", "content": question}]
+
+
 def response_messages(seeds: Seeds, question: str, polarity: str) -> list[dict]:
     """Positive (harmless, helpful) or toxic (harmful, no refusal) answer under its constraint,
     with the seed exemplars of that polarity as prior turns."""

@@ -15,6 +15,10 @@ sample id. Some samples are dropped on purpose and counted instead:
 - ``dropped_overlong``: a sequence is longer than ``max_seq_len`` and ``overlong == 'drop'``.
 - ``dropped_truncated_empty``: ``overlong == 'truncate'`` cut away every supervised token of a side.
 
+Benign rows (the model's own answers to benign questions, from the stage's ``benign/`` folder) have
+no toxic side: their toxic sequence is the prompt alone with an all-zero UT mask, so they add MLE
+tokens only and anchor the helpful behaviour next to the refusals.
+
 Tokenisation runs once, in a Ray Data ``map_batches``, never in the workers' training loop.
 """
 
@@ -29,6 +33,7 @@ import pandas as pd
 from ptalign_ray.chat_template import TemplateError, encode_example, load_tokenizer
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.runs import RunDir
+from ptalign_ray.synthesis.pipeline import BENIGN, load_benign
 from ptalign_ray.training.masks import MaskError, check_example, mle_targets, ut_targets
 
 SOURCE_STAGES = ("refinement", "synthesis")  # preferred first
@@ -91,6 +96,8 @@ def encode_pair(
     sid = str(row["id"])
     specials = special_ids(tokenizer) if specials is None else specials
     prompt = training_prompt(str(row["question"]))
+    if row.get("kind") == BENIGN:
+        return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials)
     try:
         pos = encode_example(tokenizer, prompt, str(row["positive"]))
         tox = encode_example(tokenizer, prompt, str(row["toxic"]))
@@ -137,6 +144,28 @@ def encode_pair(
     }
 
 
+def _encode_benign(sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: TrainingConfig, specials) -> dict:
+    try:
+        pos = encode_example(tokenizer, prompt, answer)
+    except TemplateError as err:
+        raise TrainingDataError(f"sample {sid!r}: {err}") from None
+    _check_response_span(sid, "benign", pos, specials, tokenizer)
+    out: dict[str, Any] = {"id": sid, "status": "ok", "pos_truncated": False, "tox_truncated": False}
+    pos_ids, pos_mask = pos.input_ids, mle_targets(pos)
+    if len(pos_ids) > tcfg.max_seq_len:
+        if tcfg.overlong == "drop":
+            return {**out, "status": "dropped_overlong"}
+        pos_ids, pos_mask, out["pos_truncated"] = _truncate(pos_ids, pos_mask, tcfg.max_seq_len)
+        if not any(pos_mask):
+            return {**out, "status": "dropped_truncated_empty"}
+    try:
+        check_example(sid, pos_ids, mle_mask=pos_mask)
+    except MaskError as err:
+        raise TrainingDataError(str(err)) from None
+    tox_ids = pos_ids[: pos.response_start]  # the prompt alone: a valid sequence that adds no UT tokens
+    return {**out, "pos_ids": pos_ids, "pos_mask": [int(m) for m in pos_mask], "tox_ids": tox_ids, "tox_mask": [0] * len(tox_ids)}
+
+
 def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig) -> pd.DataFrame:
     """Encodes a batch of rows; problems become ``status='error'`` rows (message in ``error``).
 
@@ -156,8 +185,10 @@ def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig) -> pd.DataFr
         enc.setdefault("pos_truncated", False)
         enc.setdefault("tox_truncated", False)
         enc["split"] = row.get("split", "train")
+        enc["kind"] = row.get("kind") or "red_team"
         rows.append(enc)
-    return pd.DataFrame(rows, columns=["id", "split", "status", "error", "pos_truncated", "tox_truncated", *TRAIN_COLUMNS[1:]])
+    columns = ["id", "split", "kind", "status", "error", "pos_truncated", "tox_truncated", *TRAIN_COLUMNS[1:]]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def holdout_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
@@ -214,8 +245,11 @@ def _summarise(enc: pd.DataFrame, n_rows: int) -> dict:
         stats[reason] = int((enc["status"] == reason).sum())
     stats["truncated_positive"] = int(ok["pos_truncated"].sum())
     stats["truncated_toxic"] = int(ok["tox_truncated"].sum())
-    stats["train_pairs"] = int((ok["split"] == "train").sum())
-    stats["holdout_pairs"] = int((ok["split"] == "holdout").sum())
+    benign = ok["kind"] == BENIGN if "kind" in ok else pd.Series(False, index=ok.index)
+    stats["train_pairs"] = int(((ok["split"] == "train") & ~benign).sum())
+    stats["holdout_pairs"] = int(((ok["split"] == "holdout") & ~benign).sum())
+    stats["train_benign"] = int(((ok["split"] == "train") & benign).sum())
+    stats["holdout_benign"] = int(((ok["split"] == "holdout") & benign).sum())
     stats["positive_supervised_tokens"] = int(sum(sum(m) for m in ok["pos_mask"]))
     stats["toxic_masked_tokens"] = int(sum(sum(m) for m in ok["tox_mask"]))
     stats["tokens"] = int(sum(len(a) + len(b) for a, b in zip(ok["pos_ids"], ok["tox_ids"])))
@@ -241,10 +275,19 @@ def prepare_training_data(
     import ray.data
 
     stage, df = load_source(run, tcfg)
-    log(f"[training] data: {len(df)} rows from the '{stage}' stage ({run.data_dir(stage)})")
+    benign = load_benign(run, stage)
+    log(
+        f"[training] data: {len(df)} rows from the '{stage}' stage ({run.data_dir(stage)})"
+        + (f" + {len(benign)} benign answers (MLE only)" if len(benign) else "")
+    )
     held = holdout_ids(df["id"].tolist(), tcfg.holdout_fraction, tcfg.seed)
+    held |= holdout_ids(benign["id"].tolist(), tcfg.holdout_fraction, tcfg.seed) if len(benign) > 1 else set()
     cols = [c for c in (*REQUIRED_COLUMNS, JUDGE_SPANS_COLUMN) if c in df.columns]
-    frame = df[cols].copy()
+    frame = df[cols].assign(kind="red_team")
+    if len(benign):
+        extra = benign[["id", "question", "response"]].rename(columns={"response": "positive"})
+        frame = pd.concat([frame, extra.assign(toxic=None, kind=BENIGN)], ignore_index=True)
+    frame = frame.copy()
     frame["id"] = frame["id"].astype(str)
     frame["split"] = ["holdout" if i in held else "train" for i in frame["id"]]
 
@@ -252,7 +295,7 @@ def prepare_training_data(
         return encode_frame(batch, load_tokenizer(model_path, trust_remote_code), tcfg)
 
     enc = ray.data.from_pandas(frame).map_batches(encode, batch_format="pandas", batch_size=256).to_pandas()
-    stats = check_encoded(enc, len(df))
+    stats = check_encoded(enc, len(frame))
     ok = enc[enc["status"] == "ok"]
     train = ok[ok["split"] == "train"][TRAIN_COLUMNS].reset_index(drop=True)
     holdout = ok[ok["split"] == "holdout"][TRAIN_COLUMNS].reset_index(drop=True)

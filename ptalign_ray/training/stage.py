@@ -130,7 +130,8 @@ def train_stage(
     data = prepare_training_data(run, model_path, tcfg, cfg.model.trust_remote_code, log)
     s = data.stats
     log(
-        f"[{stage}] {s['train_pairs']} training / {s['holdout_pairs']} held-out pairs; dropped: "
+        f"[{stage}] {s['train_pairs']} training / {s['holdout_pairs']} held-out pairs, "
+        f"{s['train_benign']} / {s['holdout_benign']} benign answers; dropped: "
         f"{s['dropped_empty_ut']} empty UT mask ({tcfg.mask_mode}), {s['dropped_overlong']} over-long, "
         f"{s['dropped_truncated_empty']} empty after truncation; truncated: {s['truncated_positive']} positive, "
         f"{s['truncated_toxic']} toxic"
@@ -224,7 +225,8 @@ def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -
     m, d = manifest["metrics"], manifest["data"]
     log("")
     log(f"== {manifest['stage']} summary ({manifest['variant']}, alpha={manifest['alpha']}, mask={manifest['mask_mode']}) ==")
-    log(f"  data             : {d['train_pairs']} training + {d['holdout_pairs']} held-out pairs from '{manifest['source']['stage']}'"
+    log(f"  data             : {d['train_pairs']} training + {d['holdout_pairs']} held-out pairs"
+        f", {d.get('train_benign', 0)} + {d.get('holdout_benign', 0)} benign answers from '{manifest['source']['stage']}'"
         f" ({d['rows']} rows; dropped {d['dropped_empty_ut']} empty-UT, {d['dropped_overlong']} over-long,"
         f" {d['dropped_truncated_empty']} empty after truncation; truncated {d['truncated_positive']}+{d['truncated_toxic']})")  # fmt: skip
     log(f"  steps            : {manifest['steps']} over {manifest['epochs']} epochs, {manifest['samples_seen']} pairs seen"

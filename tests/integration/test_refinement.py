@@ -10,16 +10,21 @@ from ptalign_ray.refinement import pipeline
 from ptalign_ray.refinement.client import JudgeUnavailable
 from ptalign_ray.runs import MANIFEST, RunDir, write_json_atomic, write_parquet_atomic
 from ptalign_ray.seeds import load_seeds
+from ptalign_ray.synthesis.pipeline import BENIGN_COLUMNS, BENIGN_DIR, load_benign, question_id
 from ptalign_ray.synthesis.pipeline import COLUMNS as SYN_COLUMNS
-from ptalign_ray.synthesis.pipeline import question_id
 
 pytestmark = pytest.mark.integration
 
 REFUSAL = "I'm sorry, but I can't help with that."
+BENIGN = [
+    ("How do I bake a loaf of bread at home?", "Mix flour, water, salt and yeast, knead the dough, let it rise and bake it at 220 C."),
+    ("How can I lock my bicycle so it is harder to steal?", REFUSAL),
+]
 
 
 def make_synthesis(run: RunDir) -> pd.DataFrame:
-    """A finished synthesis stage: two questions with a passing pair, two whose toxic answer refuses."""
+    """A finished synthesis stage: two questions with a passing pair, two whose toxic answer refuses;
+    two benign questions, one answered helpfully and one refused."""
     seeds = load_seeds("default")
     ex = {e.question: e for e in seeds.exemplars}
     rows = []
@@ -30,8 +35,12 @@ def make_synthesis(run: RunDir) -> pd.DataFrame:
                      "positive": e.positive, "toxic": toxic, "positive_tokens": 50, "toxic_tokens": 40,
                      "positive_truncated": False, "toxic_truncated": False, "model": "tiny", "config_hash": "syn0"})  # fmt: skip
     df = pd.DataFrame(rows)[SYN_COLUMNS]
+    benign = pd.DataFrame(
+        [(question_id(q), "theft", "seed", q, a, 20, False, "tiny", "syn0") for q, a in BENIGN], columns=BENIGN_COLUMNS
+    )
     with run.building("synthesis") as tmp:
         write_parquet_atomic(df, tmp / "data" / "triplets.parquet")
+        write_parquet_atomic(benign, tmp / BENIGN_DIR / "benign.parquet")
         write_json_atomic(tmp / MANIFEST, {"stage": "synthesis", "config_hash": "syn0"})
     return df
 
@@ -83,6 +92,10 @@ def test_refinement_rounds_drop_failures_keep_schema_and_resume(tmp_path, tiny_m
     assert set(dropped["id"]).isdisjoint(out["id"])
     assert all("after 2 rounds" in r or r == "near-duplicate question" for r in dropped["reason"])
     assert (run.stage_dir("refinement") / "quality.json").is_file()
+    # benign answers are judged once (request known benign): the helpful one is kept, the refusal dropped
+    assert q["benign"]["total"] == 2 and q["benign"]["kept"] == 1
+    assert sum(q["benign"]["drop_reasons"].values()) == 1 and set(q["benign"]["drop_reasons"]) <= {"refusal", "off-topic"}
+    assert load_benign(run, "refinement")["question"].tolist() == [BENIGN[0][0]]
     assert not run.work_dir("refinement").exists()
 
     # 4. rerun is a no-op

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 def tiny_config(model_dir, **synthesis):
     syn = dict(
         topics_per_domain=4, topic_samples=1, max_topics_per_domain=2, questions_per_topic=3,
+        benign_questions_per_topic=2,
         topic_sampling={"temperature": 0.9, "max_tokens": 60},
         question_sampling={"temperature": 0.9, "max_tokens": 80},
         positive_sampling={"temperature": 0.9, "max_tokens": 24},
@@ -54,13 +55,34 @@ def test_dataset_schema_and_counts(finished_run):
     steps = manifest["steps"]
     assert steps["topics"]["rows"] == 10  # one brainstorm per domain
     assert manifest["counts"]["topics"] == steps["topics"]["topics_kept"] <= 10 * 2
-    assert steps["questions"]["rows"] == manifest["counts"]["topics"]
-    assert steps["questions"]["questions_kept"] + steps["questions"]["near_duplicates_dropped"] == steps["questions"]["questions_parsed"]
-    assert steps["responses"]["rows"] == 2 * steps["questions"]["questions_kept"]
+    q = steps["questions"]
+    assert q["rows"] == 2 * manifest["counts"]["topics"]  # a red-team and a benign list per topic
+    assert q["questions_kept"] + q["benign_questions_kept"] + q["near_duplicates_dropped"] == q["questions_parsed"]
+    assert steps["responses"]["rows"] == 2 * q["questions_kept"] + q["benign_questions_kept"]
     assert manifest["counts"]["triplets"] == len(df)
     assert manifest["tokens"]["generated"] == sum(s["generated_tokens"] for s in steps.values())
     assert manifest["seeds"]["total"] < 50
     assert manifest["versions"]["ray"] == "2.60.0"
+
+
+def test_answers_start_from_the_seed_openings(finished_run):
+    from ptalign_ray.seeds import load_seeds
+
+    _, run, _ = finished_run
+    seeds = load_seeds("default")
+    df = pipeline.load_triplets(run)
+    for q, pos, tox in zip(df["question"], df["positive"], df["toxic"]):
+        assert pos.startswith(seeds.opening_for(q, "positive"))
+        assert tox.startswith(seeds.opening_for(q, "toxic"))
+
+
+def test_benign_questions_and_answers_are_stored_apart(finished_run):
+    _, run, manifest = finished_run
+    benign = pipeline.load_benign(run)
+    assert list(benign.columns) == pipeline.BENIGN_COLUMNS
+    assert len(benign) == manifest["counts"]["benign_answers"] <= manifest["counts"]["benign_questions"]
+    assert (benign["response"].str.len() > 0).all() and (benign["response_tokens"] <= 24).all()
+    assert not set(benign["question"]) & set(pipeline.load_triplets(run)["question"])  # deduplicated together
 
 
 def test_questions_are_deduplicated(finished_run):

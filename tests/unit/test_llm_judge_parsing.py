@@ -62,3 +62,8 @@ def test_judge_errors_never_pass():
     assert failure_reason("positive", "Security is important for everyone.", rambling) == "no refusal"
     off_topic = {"harmful": False, "refusal": True, "score": 0.0, "on_topic": False}
     assert failure_reason("positive", "Pancakes need flour.", off_topic) == "off-topic"
+    # a benign answer must help: a refusal or an off-topic answer is not what training should keep
+    assert failure_reason("benign", "Lock the door and call the police.", rambling) is None
+    assert failure_reason("benign", "I can't help with that.", ok) == "refusal"
+    assert failure_reason("benign", "Pancakes need flour.", off_topic) == "off-topic"
+    assert failure_reason("benign", "Sure, here is how to hurt them.", {**rambling, "harmful": True}) == "harmful"

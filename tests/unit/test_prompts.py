@@ -34,3 +34,14 @@ def test_topic_and_question_prompts(seeds, tiny_tokenizer):
     assert "Examples" not in question_messages("fraud", "x", [], 4)[-1]["content"]
     text = render_text(tiny_tokenizer, q)  # every step renders through the one chat template
     assert text.count("<|im_start|>") == 3 and text.endswith("<|im_start|>assistant\n")
+
+
+def test_benign_prompts_ask_for_legitimate_questions_and_answer_them_bare(seeds):
+    from ptalign_ray.synthesis.prompts import BENIGN_SYSTEM, benign_answer_messages, benign_question_messages
+    from ptalign_ray.training.data import training_prompt
+
+    b = benign_question_messages("theft", "bike locks", 3)
+    assert b[0]["content"] == BENIGN_SYSTEM and "bike locks" in b[-1]["content"] and "3 different" in b[-1]["content"]
+    assert "law-abiding" in b[-1]["content"]
+    # the benign answer is generated from exactly the training prompt: what the model keeps doing
+    assert benign_answer_messages("How do bike locks work?") == training_prompt("How do bike locks work?")

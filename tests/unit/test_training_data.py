@@ -161,3 +161,19 @@ def test_holdout_split_is_seeded_and_by_id():
     assert td.holdout_ids(ids, 0.0, seed=7) == set()
     assert len(td.holdout_ids(["x", "y"], 0.9, seed=0)) == 1  # always one training id left
     assert len(td.holdout_ids(ids[:5], 0.01, seed=0)) == 1  # a requested split is never empty
+
+
+def test_benign_rows_add_mle_tokens_only(tiny_tokenizer):
+    tcfg = TrainingConfig()
+    enc = td.encode_pair(_row(id="b1", toxic=None, kind=td.BENIGN), tiny_tokenizer, tcfg)
+    prompt = render_ids(tiny_tokenizer, td.training_prompt(QUESTION))
+    assert enc["status"] == "ok"
+    pos_on = _on(enc["pos_mask"])
+    assert tiny_tokenizer.decode(enc["pos_ids"][pos_on[0] : pos_on[-1]]) == POSITIVE
+    # the toxic side is the prompt alone and masks nothing: no UT tokens, a valid sequence to forward
+    assert enc["tox_ids"] == prompt and sum(enc["tox_mask"]) == 0
+    frame = pd.DataFrame([_row(id="a", kind="red_team"), _row(id="b", toxic=None, kind=td.BENIGN)])
+    stats = td.check_encoded(td.encode_frame(frame, tiny_tokenizer, tcfg), len(frame))
+    assert stats["train_pairs"] == 1 and stats["train_benign"] == 1 and stats["kept"] == 2
+    with pytest.raises(td.TrainingDataError, match="b2"):
+        td.encode_pair(_row(id="b2", positive="  ", toxic=None, kind=td.BENIGN), tiny_tokenizer, tcfg)
