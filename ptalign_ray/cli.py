@@ -140,8 +140,11 @@ def cmd_export(args) -> int:
     from ptalign_ray.refinement.export import export
     from ptalign_ray.refinement.pipeline import load_refined
 
+    from ptalign_ray.synthesis.pipeline import load_benign
+
     run = RunDir(args.run_dir)
-    n = export(load_refined(run), Path(args.out), args.format, include_toxic=args.include_toxic)
+    benign = load_benign(run, "refinement")
+    n = export(load_refined(run), Path(args.out), args.format, include_toxic=args.include_toxic, benign=benign)
     _log(f"wrote {n} {args.format} records to {Path(args.out).resolve()}")
     return 0
 

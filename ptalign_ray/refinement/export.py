@@ -1,6 +1,7 @@
 """Export of the refined dataset for other tools (TRL's DPO/KTO/SFT trainers and the like).
 
-- ``sft``: ``{"messages": [user question, assistant positive]}`` - harmless answers only;
+- ``sft``: ``{"messages": [user question, assistant positive]}`` - harmless answers only, followed by
+  the kept benign answers (``benign`` frame: question, response), as PT-ALIGN's MLE term sees them;
 - ``preference``: ``{"prompt": [user], "chosen": [assistant positive], "rejected": [assistant toxic]}``
   in TRL's conversational format. It contains the toxic responses, so it is written only when the
   caller passes ``include_toxic=True`` (``ptalign export --format preference --include-toxic``).
@@ -9,6 +10,7 @@ Files are written atomically.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -37,8 +39,14 @@ def _records(df: pd.DataFrame, fmt: str):
             }
 
 
-def export(df: pd.DataFrame, out: Path, fmt: str, include_toxic: bool = False) -> int:
-    """Writes df (refined triplets) as JSONL in the given format; returns the number of records."""
+def _benign_records(benign: pd.DataFrame):
+    for r in benign.itertuples():
+        yield {"id": r.id, "messages": [{"role": "user", "content": r.question}, {"role": "assistant", "content": r.response}]}
+
+
+def export(df: pd.DataFrame, out: Path, fmt: str, include_toxic: bool = False, benign: pd.DataFrame | None = None) -> int:
+    """Writes df (refined triplets) as JSONL in the given format; returns the number of records.
+    ``benign`` (question, response) rows are appended to the sft format only."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if fmt == "preference" and not include_toxic:
@@ -48,7 +56,10 @@ def export(df: pd.DataFrame, out: Path, fmt: str, include_toxic: bool = False) -
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     n = 0
     with os.fdopen(fd, "w") as f:
-        for rec in _records(df, fmt):
+        records = _records(df, fmt)
+        if fmt == "sft" and benign is not None:
+            records = itertools.chain(records, _benign_records(benign))
+        for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     os.replace(tmp, out)

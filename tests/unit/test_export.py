@@ -34,3 +34,13 @@ def test_preference_export_needs_explicit_opt_in(tmp_path):
 def test_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="format"):
         export(DF, tmp_path / "x.jsonl", "dpo")
+
+
+def test_sft_export_appends_benign_answers_and_preference_does_not(tmp_path):
+    benign = pd.DataFrame([{"id": "c3", "question": "How do locks work?", "response": "Pins line up with the key."}])
+    out = tmp_path / "sft.jsonl"
+    assert export(DF, out, "sft", benign=benign) == 3
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last == {"id": "c3", "messages": [{"role": "user", "content": "How do locks work?"},
+                                             {"role": "assistant", "content": "Pins line up with the key."}]}  # fmt: skip
+    assert export(DF, tmp_path / "pref.jsonl", "preference", include_toxic=True, benign=benign) == 2
