@@ -281,7 +281,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     out, dropped = _final(state, triplets, cfg, chash)
     quality = _quality(rounds, out, dropped, len(triplets))
     quality["benign"] = _benign_counts(judged)
-    kept_benign = judged[judged["reason"].isna()].assign(config_hash=chash) if len(judged) else judged
+    kept_benign = judged[judged["reason"].isna()].assign(config_hash=chash)
     generated = sum(r.get("generated_tokens", 0) for r in rounds)
     manifest = {
         "stage": STAGE,
@@ -315,8 +315,8 @@ def _judge_benign(ray_data, cfg: PipelineConfig, url: str, benign: pd.DataFrame)
 
 
 def _benign_counts(judged: pd.DataFrame) -> dict:
-    reasons = judged["reason"].dropna().value_counts().to_dict() if len(judged) else {}
-    return {"total": len(judged), "kept": int(judged["reason"].isna().sum()) if len(judged) else 0,
+    reasons = judged["reason"].dropna().value_counts().to_dict()
+    return {"total": len(judged), "kept": int(judged["reason"].isna().sum()),
             "drop_reasons": {k: int(v) for k, v in reasons.items()}}  # fmt: skip
 
 
