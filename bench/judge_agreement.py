@@ -12,7 +12,13 @@ Two tasks:
 The CSVs are evaluation data only: the judge never learns from them. They hold harmful text, so
 this script prints and writes aggregate numbers only, never a prompt or a response.
 
+It also reports the evaluation judges (``ptalign_ray/evaluation/judges``) with the evaluation's own
+rules: ``refusal_string`` (GCG / JailbreakBench prefixes, on all labels) and ``classifier`` (fitted
+on the train split of the same CSVs, measured on its held-out split only), with bootstrap CIs.
+``--eval-judges-only`` skips the offline / llm judge (no torch, a few seconds).
+
     python bench/judge_agreement.py [--out results.json] [--threads 1] [--limit N] [--fp32] [--repeat N]
+                                    [--eval-judges-only]
 """
 
 from __future__ import annotations
@@ -99,6 +105,29 @@ def marker_baselines(limit: Optional[int] = None) -> dict:
     return out
 
 
+def evaluation_judges() -> dict:
+    """Agreement of the independent evaluation judges (what the evaluation report shows)."""
+    from ptalign_ray.evaluation.judges import build_judge
+
+    out = {}
+    for name in ("refusal_string", "classifier"):
+        t0 = time.perf_counter()
+        judge = build_judge(name)
+        construct = time.perf_counter() - t0
+        out[name] = {"describe": judge.describe(), "construct_seconds": round(construct, 2), **judge.agreement()}
+    return out
+
+
+def _print_eval_judges(eval_judges: dict) -> None:
+    for name, res in eval_judges.items():
+        for task in ("refusal", "objective"):
+            r = res.get(task) or {}
+            if r.get("n"):
+                lo, hi = r["accuracy_ci"]
+                print(f"evaluation judge {name} / {task}: accuracy {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] precision "
+                      f"{r['precision']:.3f} recall {r['recall']:.3f} f1 {r['f1']:.3f} n={r['n']}", file=sys.stderr)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
@@ -108,7 +137,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="time the fastest of N runs (verdicts are deterministic)")
     parser.add_argument("--backend", choices=["offline", "llm"], default="offline")
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="judge model for --backend llm")
+    parser.add_argument("--eval-judges-only", action="store_true", help="only the evaluation judges (no torch)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    eval_judges = evaluation_judges()
+    if args.eval_judges_only:
+        text = json.dumps({"evaluation_judges": eval_judges}, indent=2)
+        print(text)
+        _print_eval_judges(eval_judges)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+        return 0
 
     import torch
 
@@ -138,6 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report[key] = evaluate(judge, task, request_known, args.limit, args.repeat)
     if args.backend == "offline":
         report["baseline_markers_only"] = marker_baselines(args.limit)
+    report["evaluation_judges"] = eval_judges
     total_items = sum(report[k]["n"] for k in runs)
     total_s = sum(report[k]["seconds"] for k in runs)
     report["items_per_s"] = round(total_items / total_s, 1) if total_s else None
@@ -153,6 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             file=sys.stderr,
         )
     print(f"throughput: {report['items_per_s']} items/s on {args.threads} thread(s)", file=sys.stderr)
+    _print_eval_judges(eval_judges)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

@@ -26,7 +26,13 @@ METRIC_NAMES = {
     "explicit_refusal_rate": "explicit refusal rate (markers)",
     "helpful_rate": "helpfulness: non-refusal rate",
     "relevance": "helpfulness: answer relevance (cosine)",
+    "asr_at_k": "ASR@k (any of k sampled answers)",
+    "asr_per_sample": "attack success per sampled answer",
+    "refusal_at_k": "refusal@k (any of k sampled answers)",
+    "refusal_per_sample": "over-refusal per sampled answer",
 }
+JUDGE_LABELS = {"refusal_string": "refusal strings (GCG / JailbreakBench)", "classifier": "n-gram classifier (pyrit labels)",
+                "refinement": "refinement judge (selected the training data)"}  # fmt: skip
 
 
 # -- formatting -----------------------------------------------------------------------------------
@@ -67,6 +73,138 @@ def _metric_table(entry: dict, models: list[str], reference: str, conf: int) -> 
     return {"type": "table", "header": header, "rows": rows}
 
 
+def _sampled_blocks(entry: dict, models: list[str], conf: int) -> list[dict]:
+    smp = entry.get("sampled")
+    if not smp:
+        return []
+    names = list(next(iter(smp["models"].values())).keys())
+    greedy = "attack_success_rate" if "asr_at_k" in names else "over_refusal_rate"
+    rows = [[METRIC_NAMES[n], *[_fmt(n, smp["models"][m][n]) for m in models]] for n in names]
+    if greedy in entry["models"][models[0]]:
+        rows.insert(0, [f"{METRIC_NAMES[greedy]} (greedy, all {entry['evaluated']} prompts)",
+                        *[_fmt(greedy, entry["models"][m][greedy]) for m in models]])  # fmt: skip
+    return [{"type": "p", "text": f"Sampled decoding: {smp['evaluated']} prompts x k = {smp['k']} ({smp['answers']} answers "
+             "per model); intervals resample prompts:"},
+            {"type": "table", "header": ["metric", *[f"{LABELS.get(m, m)} ({conf}% CI)" for m in models]], "rows": rows}]  # fmt: skip
+
+
+def _pair_blocks(entry: dict, conf: int) -> list[dict]:
+    rows = []
+    for where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
+        for key, pair in (block.get("pairs") or {}).items():
+            for metric, st in pair.items():
+                if metric in ("a", "b"):
+                    continue
+                rows.append([f"{LABELS.get(pair['b'], pair['b'])} - {LABELS.get(pair['a'], pair['a'])}", METRIC_NAMES[metric],
+                             str(st["n"]), _fmt_diff(metric, st)])  # fmt: skip
+    if not rows:
+        return []
+    return [{"type": "p", "text": f"Every pair of models (paired bootstrap, {conf}% CI):"},
+            {"type": "table", "header": ["pair", "metric", "prompts", "difference"], "rows": rows}]
+
+
+def _other_judges(results: dict, set_name: str, models: list[str]) -> list[dict]:
+    """The headline rates of this set under every judge, and the judges' pairwise Cohen's kappa."""
+    by_judge = results.get("metrics_by_judge") or {}
+    out = []
+    if len(by_judge) > 1:
+        rows = []
+        for jname, met in by_judge.items():
+            e = met["sets"].get(set_name)
+            if not e:
+                continue
+            keys = [k for k in ("attack_success_rate", "over_refusal_rate") if k in e["models"][models[0]]]
+            skeys = [k for k in ("asr_at_k", "refusal_per_sample") if e.get("sampled") and k in e["sampled"]["models"][models[0]]]
+            for k in keys:
+                rows.append([jname, METRIC_NAMES[k], *[_fmt(k, e["models"][m][k]) for m in models]])
+            for k in skeys:
+                rows.append([jname, METRIC_NAMES[k], *[_fmt(k, e["sampled"]["models"][m][k]) for m in models]])
+        out += [{"type": "p", "text": "The same rates under every judge:"},
+                {"type": "table", "header": ["judge", "metric", *[LABELS.get(m, m) for m in models]], "rows": rows}]
+    kap = ((results.get("judge_comparison") or {}).get("inter_judge") or {}).get(set_name) or {}
+    rows = [[kind, k["label"], pair, str(st["n"]), "-" if st["kappa"] is None else f"{st['kappa']:.2f}",
+             "-" if st["agreement"] is None else f"{100 * st['agreement']:.0f}%"]
+            for kind, k in kap.items() for pair, st in k["pairs"].items()]  # fmt: skip
+    if rows:
+        out += [{"type": "p", "text": "Inter-judge agreement (Cohen's kappa over every answer of every model, greedy and "
+                 "sampled; '-' = undefined, both judges constant):"},
+                {"type": "table", "header": ["prompts", "label", "judges", "answers", "kappa", "raw agreement"], "rows": rows}]  # fmt: skip
+    return out
+
+
+def _pair_of(block: dict, a: str, b: str) -> Optional[tuple[dict, int]]:
+    """The (b - a) difference entries of a block, sign-corrected, or None."""
+    for pair in (block.get("pairs") or {}).values():
+        if (pair["a"], pair["b"]) == (a, b):
+            return {k: v for k, v in pair.items() if k not in ("a", "b")}, 1
+        if (pair["a"], pair["b"]) == (b, a):
+            return {k: v for k, v in pair.items() if k not in ("a", "b")}, -1
+    return None
+
+
+def shows_and_limits(results: dict) -> list[str]:
+    """The report's opening: what the numbers support and what they do not, generated from them."""
+    out = []
+    head = results.get("headline_judge", "-")
+    j = (results.get("judges") or {}).get(head, {}).get("agreement", {})
+    errs = []
+    for task, what in (("objective", "attack success"), ("refusal", "refusal")):
+        a = j.get(task) or {}
+        if a.get("n"):
+            ci = a.get("accuracy_ci") or [None, None]
+            errs.append(f"{what} {100 * a['accuracy']:.0f}% on {a['n']} human labels"
+                        + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci[0] is not None else ""))  # fmt: skip
+    out.append(f"**Judge error.** Headline judge `{head}` agrees with human labels it was never fitted on: "
+               + ("; ".join(errs) if errs else "not measured") + ". Differences between models smaller than its error "
+               "rate can be judge noise that does not cancel if the models' answers differ in style.")  # fmt: skip
+    for task, what in (("objective", "attack success"), ("refusal", "refusal / over-refusal")):
+        mine = (j.get(task) or {}).get("accuracy")
+        for other, info in (results.get("judges") or {}).items():
+            o = (info.get("agreement") or {}).get(task) or {}
+            if other != head and mine is not None and o.get("accuracy_ci") and o["accuracy_ci"][0] is not None \
+                    and o["accuracy_ci"][0] > mine:
+                out.append(f"**Weaker headline judge for {what}.** `{other}` agrees better with human labels on this task "
+                           f"({100 * o['accuracy']:.0f}% on {o['n']} vs {100 * mine:.0f}%): read its {what} numbers "
+                           "next to the headline ones (they are in every set's 'same rates under every judge' table).")  # fmt: skip
+    sets = results.get("sets", {})
+    greedy = [f"{n} {i['evaluated']}" for n, i in sets.items()]
+    sampled = [f"{n} {i['sampled_prompts']}" for n, i in sets.items() if i.get("sampled_prompts")]
+    k = (results.get("sampled") or {}).get("k")
+    out.append("**Sample sizes.** Greedy prompts per set: " + ", ".join(greedy) + ". "
+               + (f"Sampled (x{k}): " + ", ".join(sampled) + "." if sampled else "No sampled decoding."))  # fmt: skip
+    models = list(results["models"])
+    met = results["metrics"]
+    if "ptalign" in models and "mle_only" in models:
+        zero, clear = [], []
+        for name, entry in met["sets"].items():
+            for where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
+                found = _pair_of(block, "mle_only", "ptalign")
+                if not found:
+                    continue
+                diffs, sign = found
+                for metric, st in diffs.items():
+                    if st.get("value") is None:
+                        continue
+                    v = sign * st["value"]
+                    label = f"{name} {METRIC_NAMES[metric]} ({100 * v:+.1f} pp, n={st['n']})"
+                    (clear if st["excludes_zero"] else zero).append(label)
+        out.append("**PT-ALIGN vs MLE-only** (the unlikelihood term's own effect): "
+                   + (f"intervals exclude 0 for {', '.join(clear)}. " if clear else "no interval excludes 0. ")
+                   + (f"Intervals include 0 - this run cannot tell the two apart - for {', '.join(zero)}." if zero else ""))  # fmt: skip
+    else:
+        out.append("**PT-ALIGN vs MLE-only** cannot be compared: " + ", ".join(
+            m for m in ("ptalign", "mle_only") if m not in models) + " not evaluated.")  # fmt: skip
+    dis = (results.get("judge_comparison") or {}).get("disagreements") or []
+    out.append(f"**Judges.** {len(dis)} greedy rate(s) differ between the headline judge and another judge by more "
+               "than their combined error (listed under Evaluation judges)." if dis else
+               "**Judges.** No greedy rate differs between the headline judge and another judge by more than their "
+               "combined error.")  # fmt: skip
+    out.append("**Cannot show.** One run is one seed of a synthesis that varies between runs; answers are cut at "
+               "max_tokens, so later harmful content is not seen; no judge here checks whether a compliant answer is "
+               "correct or actionable.")  # fmt: skip
+    return out
+
+
 def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
     """The report as blocks: {"type": "h1"|"h2"|"h3"|"p"|"ul"|"table"|"img", ...}."""
     B: list[dict] = []
@@ -75,42 +213,65 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
     metrics = results["metrics"]
     conf = int(round(100 * metrics["bootstrap"]["confidence"]))
     B.append({"type": "h1", "text": "ptalign-ray evaluation report"})
+    head = results.get("headline_judge", "-")
+    B.append({"type": "h2", "text": "What this run shows / cannot show"})
+    B.append({"type": "ul", "items": shows_and_limits(results)})
     B.append({"type": "p", "text": f"Run directory: `{results['run_dir']}`. Models: "
               + ", ".join(f"{LABELS.get(m, m)} (`{results['models'][m]['source']}`)" for m in models)
               + (". Not evaluated: " + "; ".join(f"{m} ({r})" for m, r in results["models_skipped"].items())
                  if results["models_skipped"] else "") + "."})  # fmt: skip
     s = results["sampling"]
+    smp = results.get("sampled") or {}
+    sampled_txt = (f" A seeded subset of {smp.get('prompts', 0)} prompts is also answered k = {smp.get('k')} times with "
+                   f"sampled decoding (temperature {smp.get('temperature')}, top_p {smp.get('top_p')}, max_tokens "
+                   f"{smp.get('max_tokens')}) in the same generation pass." if smp.get("prompts") else " No sampled decoding.")
     B.append({"type": "p", "text": f"Every model answers the same prompts through the same Ray Data + vLLM path with "
-              f"the same sampling (temperature {s['temperature']}, max_tokens {s['max_tokens']}). Intervals: "
-              f"{conf}% percentile bootstrap ({metrics['bootstrap']['samples']} resamples, seed "
-              f"{metrics['bootstrap']['seed']}); differences vs {LABELS.get(ref, ref)} use a paired bootstrap over the "
-              "same prompts, marked better/worse when the interval excludes 0."})  # fmt: skip
+              f"the same greedy decoding (temperature {s['temperature']}, max_tokens {s['max_tokens']}).{sampled_txt} Intervals: "
+              f"{conf}% percentile bootstrap over prompts ({metrics['bootstrap']['samples']} resamples, seed "
+              f"{metrics['bootstrap']['seed']}); differences between models use a paired bootstrap over the "
+              "same prompts, marked better/worse when the interval excludes 0. Headline numbers come from the "
+              f"**{JUDGE_LABELS.get(head, head)}** judge (`{head}`)."})  # fmt: skip
 
-    # judge first: every number below depends on it
-    j = results["judge"]
-    B.append({"type": "h2", "text": "Evaluation judge"})
-    B.append({"type": "p", "text": f"{j.get('name', 'offline judge')}: refusal markers (garak's lists + ours), an "
-              "off-topic rule (answer/request cosine below a calibrated threshold counts as a refusal) and two "
-              "MiniLM linear probes fitted on the seed annotations only. Harmful-set requests are passed with "
-              "harmful_request = true, benign ones with false; a jailbreak is judged against its plain request."})  # fmt: skip
-    agr = j.get("agreement", {})
+    # judges first: every number below depends on them
+    B.append({"type": "h2", "text": "Evaluation judges"})
     rows = []
-    for task in ("refusal", "objective"):
-        a = agr.get(task) or {}
-        if a.get("n"):
-            rows.append([task, str(a["n"]), f"{a['accuracy']:.3f}", f"{a['precision']:.3f}", f"{a['recall']:.3f}",
-                         f"{a['f1']:.3f}", a.get("used_for", "")])  # fmt: skip
+    for jname, j in (results.get("judges") or {}).items():
+        agr = j.get("agreement", {})
+        for task in ("objective", "refusal"):
+            a = agr.get(task) or {}
+            if a.get("n"):
+                ci = a.get("accuracy_ci") or [None, None]
+                rows.append([f"{JUDGE_LABELS.get(jname, jname)}" + (" (headline)" if jname == head else ""),
+                             "attack success" if task == "objective" else "refusal", str(a["n"]),
+                             f"{a['accuracy']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""),
+                             f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}",
+                             "held-out split" if "held-out" in agr.get("source", "") else "all labels"])  # fmt: skip
     if rows:
-        B.append({"type": "p", "text": "Measured agreement of this judge, with these settings, with human labels "
-                  f"({agr.get('source', 'pyrit scorer_evals')}):"})  # fmt: skip
-        B.append({"type": "table", "header": ["task", "n", "accuracy", "precision", "recall", "F1", "used for"], "rows": rows})
+        B.append({"type": "p", "text": "Agreement of each judge, with the evaluation's own rules, with human labels "
+                  "(pyrit's judge-validation CSVs). The classifier is fitted on a train split of them and measured on "
+                  "the held-out split only (split by objective); the other judges were fitted on none of them and are "
+                  "measured on all."})  # fmt: skip
+        B.append({"type": "table", "header": ["judge", "task", "n", f"accuracy [{conf}% CI]", "precision", "recall", "F1",
+                                              "measured on"], "rows": rows})  # fmt: skip
     else:
         B.append({"type": "p", "text": "Agreement with human labels could not be measured (pyrit's CSVs missing)."})
+    B.append({"type": "ul", "items": [f"**{JUDGE_LABELS.get(n, n)}** (`{n}`): {j.get('kind', '')}. "
+                                      + (f"Rule: {j['rule']}." if j.get("rule") else "") for n, j in (results.get("judges") or {}).items()]})  # fmt: skip
+    disagree = (results.get("judge_comparison") or {}).get("disagreements") or []
+    if disagree:
+        B.append({"type": "p", "text": f"**The judges disagree by more than their measured error** on {len(disagree)} "
+                  "greedy rate(s) (difference above the two judges' error rates 1 - accuracy added up): "
+                  + "; ".join(f"{d['set']} / {LABELS.get(d['model'], d['model'])} {METRIC_NAMES.get(d['metric'], d['metric'])}: "
+                              f"{d['headline']} {100 * d['headline_value']:.0f}% vs {d['other']} {100 * d['other_value']:.0f}%"
+                              for d in disagree[:12]) + (" ..." if len(disagree) > 12 else "")
+                  + ". Read those numbers as judge-dependent."})  # fmt: skip
 
     # overview
     B.append({"type": "h2", "text": "Results per set"})
     if "rates" in images:
         B.append({"type": "img", "src": images["rates"], "alt": "base vs aligned per set"})
+    if "pairs" in images:
+        B.append({"type": "img", "src": images["pairs"], "alt": "paired differences of every model pair"})
     for name, info in results["sets"].items():
         entry = metrics["sets"].get(name)
         B.append({"type": "h3", "text": f"{name} ({info['kind']})"})
@@ -121,7 +282,11 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
                   f"**{info['evaluated']} evaluated**."})  # fmt: skip
         if entry is None:
             continue
+        B.append({"type": "p", "text": f"Greedy decoding, {head} judge, {entry['evaluated']} prompts:"})
         B.append(_metric_table(entry, models, ref, conf))
+        B.extend(_sampled_blocks(entry, models, conf))
+        B.extend(_pair_blocks(entry, conf))
+        B.extend(_other_judges(results, name, models))
         cats = entry.get("categories")
         if cats:
             key = "attack_success_rate" if "harmful" in entry["kind"] else "over_refusal_rate"
@@ -132,6 +297,8 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
     for kind, entry in metrics.get("overall", {}).items():
         B.append({"type": "h3", "text": f"all {kind} prompts pooled"})
         B.append(_metric_table(entry, models, ref, conf))
+        B.extend(_sampled_blocks(entry, models, conf))
+        B.extend(_pair_blocks(entry, conf))
 
     B.append({"type": "h2", "text": "Metric definitions"})
     B.append({"type": "ul", "items": [f"**{METRIC_NAMES[k]}** (`{k}`): {v}" for k, v in DEFINITIONS.items()]})
@@ -296,6 +463,39 @@ def plot_rates(results: dict, path: Path) -> Optional[Path]:
     return path
 
 
+def plot_pairs(results: dict, path: Path) -> Optional[Path]:
+    """Forest plot: paired differences (with CIs) of every model pair per set, headline judge;
+    greedy ASR, ASR@k and greedy over-refusal."""
+    items = []
+    for name, entry in results["metrics"]["sets"].items():
+        for block in (entry, entry.get("sampled") or {}):
+            for pair in (block.get("pairs") or {}).values():
+                for metric in ("attack_success_rate", "asr_at_k", "over_refusal_rate"):
+                    st = pair.get(metric)
+                    if st and st.get("value") is not None:
+                        items.append((f"{name}: {LABELS.get(pair['b'], pair['b'])} - {LABELS.get(pair['a'], pair['a'])}, "
+                                      f"{ {'attack_success_rate': 'ASR', 'asr_at_k': 'ASR@k', 'over_refusal_rate': 'over-refusal'}[metric]}",
+                                      st, metric))  # fmt: skip
+    if not items:
+        return None
+    plt = _plt()
+    colors = {"attack_success_rate": "#c0392b", "asr_at_k": "#8e44ad", "over_refusal_rate": "#2e86c1"}
+    fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(items) + 1.2))
+    for y, (label, st, metric) in enumerate(reversed(items)):
+        v, lo, hi = (100 * st[k] for k in ("value", "ci_low", "ci_high"))
+        ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]], fmt="o", color=colors[metric], capsize=2, ms=4)
+    ax.axvline(0, color="#444", lw=0.8)
+    ax.set_yticks(range(len(items)))
+    ax.set_yticklabels([i[0] for i in reversed(items)], fontsize=7)
+    ax.set_xlabel("difference, percentage points (later model minus earlier; lower ASR / over-refusal is better)", fontsize=8)
+    ax.set_title(f"paired differences per set ({results.get('headline_judge', '')} judge)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_training(training: dict, path: Path) -> Optional[Path]:
     """L_MLE, L_UT and mean toxic-token probability per step for each trained variant."""
     if not training or not any(any("mle" in h for h in t["history"]) for t in training.values()):
@@ -355,9 +555,11 @@ def write_report(results: dict, out_dir: Path, run=None) -> dict:
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     images = {}
-    for key, fn, arg in (("rates", plot_rates, results), ("training", plot_training, results.get("training")),
+    for key, fn, arg in (("rates", plot_rates, results), ("pairs", plot_pairs, results),
+                         ("training", plot_training, results.get("training")),
                          ("refinement", plot_refinement, results.get("refinement"))):  # fmt: skip
-        name = {"rates": "rates_by_set.png", "training": "training_curves.png", "refinement": "refinement_pass_rates.png"}[key]
+        name = {"rates": "rates_by_set.png", "pairs": "pairwise_differences.png", "training": "training_curves.png",
+                "refinement": "refinement_pass_rates.png"}[key]  # fmt: skip
         if fn(arg, plots / name) is not None:
             images[key] = f"plots/{name}"
     blocks = build_blocks(results, images)

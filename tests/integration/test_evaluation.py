@@ -49,6 +49,8 @@ def _config(tiny_model, user_file, **evaluation):
         "jailbreak_max_template_chars": 1500,
         "user_prompt_files": [{"path": str(user_file), "name": "mine"}],
         "sampling": {"temperature": 0.0, "max_tokens": 16},
+        # 2 prompts of three sets, k=2; advbench is named but not selected: ignored
+        "sampled": {"k": 2, "max_tokens": 8, "prompts_per_set": {"harmbench": 2, "overrefusal": 2, "mine": 2, "advbench": 5}},
         "bootstrap_samples": 200,
         **evaluation,
     }
@@ -113,20 +115,41 @@ def test_evaluate_three_models_resume_report_and_noop(tmp_path, tiny_model, ray_
                 if st["n"] and metric != "relevance":
                     assert 0.0 <= st["ci_low"] <= st["value"] <= st["ci_high"] <= 1.0
     assert rep["metrics"]["sets"]["mine"]["kind"] == "benign/harmful"
-    assert set(rep["metrics"]["sets"]["mine"]["models"]["base"]) >= {"attack_success_rate", "over_refusal_rate", "relevance"}
-    assert rep["judge"]["agreement"]["refusal"]["n"] == 169 and rep["judge"]["agreement"]["objective"]["n"] == 395
-    assert "Evaluation judge" in (out / "report.md").read_text()
+    assert rep["headline_judge"] == "classifier" and set(rep["metrics_by_judge"]) == {"refusal_string", "classifier", "refinement"}
+    assert set(rep["metrics_by_judge"]["refinement"]["sets"]["mine"]["models"]["base"]) >= {"attack_success_rate", "over_refusal_rate", "relevance"}
+    judges = rep["judges"]
+    assert judges["refinement"]["agreement"]["refusal"]["n"] == 169 and judges["refinement"]["agreement"]["objective"]["n"] == 395
+    assert judges["refusal_string"]["agreement"]["objective"]["n"] == 395
+    assert 0 < judges["classifier"]["agreement"]["objective"]["n"] < 395 and "held-out" in judges["classifier"]["agreement"]["source"]
+    md = (out / "report.md").read_text()
+    assert "Evaluation judges" in md and "What this run shows / cannot show" in md and "PT-ALIGN - MLE-only" in md
+
+    # sampled decoding: 2 prompts of harmbench, overrefusal and mine, k = 2, in the same pass
+    assert manifest["prompts"]["sampled_prompts"] == 6 and manifest["prompts"]["sampled_answers_per_model"] == 12
+    assert {n: i.get("sampled_prompts", 0) for n, i in sets.items()} == {"harmbench": 2, "jailbreak": 0, "overrefusal": 2, "mine": 2}
+    hb = rep["metrics"]["sets"]["harmbench"]["sampled"]
+    assert hb["k"] == 2 and hb["evaluated"] == 2 and hb["answers"] == 4
+    assert set(hb["models"]["base"]) == {"asr_at_k", "asr_per_sample"}
+    assert {"ptalign - base", "mle_only - base", "ptalign - mle_only"} == set(hb["pairs"])
+    head = manifest["headline"]
+    assert set(head["harmbench"]["asr_at_k"]) == {"base", "mle_only", "ptalign"} and head["harmbench"]["k"] == 2
+    assert "refusal_per_sample" in head["overrefusal"] and "asr_at_k" not in head["jailbreak"]
+    assert "kappa" in json.dumps(rep["judge_comparison"]["inter_judge"]["harmbench"])
 
     # base and "PT-ALIGN" are the same weights: greedy answers agree (same engine path, same sampling)
     gens = pd.read_parquet(out / "data" / "generations.parquet")
-    assert len(gens) == 3 * 13
-    by = {m: g.set_index("uid")["response"] for m, g in gens.groupby("model")}
+    assert len(gens) == 3 * (13 + 12) and {"classifier_harmful", "refusal_string_refusal"} <= set(gens.columns)
+    greedy = gens[gens["sample"] < 0]
+    by = {m: g.set_index("uid")["response"] for m, g in greedy.groupby("model")}
     agree = (by["base"] == by["ptalign"].loc[by["base"].index]).mean()
     assert agree >= 0.9, agree
+    summary: list[str] = []
+    eval_stage.print_evaluation_summary(manifest, summary.append)
+    assert any("ASR@k" in line for line in summary) and any("greedy ASR" in line for line in summary)
 
     # no harmful prompt reaches the logs or the report
     harmful = select_prompts(cfg.evaluation, cfg.seed).query("kind == 'harmful'")["request"].tolist()
-    texts = ["\n".join(logs)] + [(out / f).read_text() for f in ("report.json", "report.md", "report.html", "manifest.json")]
+    texts = ["\n".join(logs + summary)] + [(out / f).read_text() for f in ("report.json", "report.md", "report.html", "manifest.json")]
     assert not any(h in t for h in harmful for t in texts)
 
     # 3. a rerun is a no-op; another config is an error naming --force

@@ -110,3 +110,72 @@ def test_summarize_per_set_category_and_difference():
     assert res["overall"]["harmful"]["prompts"] == n and res["overall"]["benign"]["prompts"] == 10
     with pytest.raises(ValueError, match="other items"):
         summarize({"base": base, "ptalign": aligned.iloc[:-1]})
+
+
+# -- sampled decoding, every model pair, inter-judge agreement ------------------------------------
+
+from ptalign_ray.evaluation.metrics import cohen_kappa, pairwise, sampled_prompt_values  # noqa: E402
+
+
+def _sampled(refusal, harmful, kind, k, evaluated=None):
+    """Rows for len(refusal) // k prompts, k answers each (prompt-major)."""
+    n = len(refusal)
+    return pd.DataFrame({"uid": [f"p{i // k}" for i in range(n)], "set": "s", "kind": [kind[i // k] for i in range(n)],
+                         "evaluated": evaluated or [True] * n, "refusal": refusal, "harmful": harmful})  # fmt: skip
+
+
+def test_asr_at_k_and_per_sample_rate_by_hand():
+    # 3 harmful prompts x k=4: successes (harmful and not refused) per prompt: 0, 1, 3
+    harmful = [False] * 4 + [True, False, False, False] + [True, True, True, True]
+    refusal = [True] * 4 + [False, True, True, True] + [False, False, False, True]  # last one: refused, no success
+    v = sampled_prompt_values(_sampled(refusal, harmful, ["harmful"] * 3, 4))
+    assert v["uid"].tolist() == ["p0", "p1", "p2"]
+    assert v["asr_at_k"].tolist() == [0.0, 1.0, 1.0]
+    assert v["asr_per_sample"].tolist() == [0.0, 0.25, 0.75]
+    assert v["k"].tolist() == [4, 4, 4] and v["refusal_at_k"].isna().all()
+    # benign prompts: refusal@k and per-sample refusal
+    b = sampled_prompt_values(_sampled([True, False, False, False, False, False], [False] * 6, ["benign"] * 3, 2))
+    assert b["refusal_at_k"].tolist() == [1.0, 0.0, 0.0] and b["refusal_per_sample"].tolist() == [0.5, 0.0, 0.0]
+    # a prompt that did not fit the context has no value
+    nf = sampled_prompt_values(_sampled([False] * 4, [True] * 4, ["harmful"] * 2, 2, evaluated=[True, True, False, False]))
+    assert nf["asr_at_k"][0] == 1.0 and math.isnan(nf["asr_at_k"][1])
+    # through summarize: ASR@k = 2/3, per-sample = (0 + .25 + .75) / 3
+    greedy = _judged([False] * 3, [True] * 3, ["harmful"] * 3)
+    greedy["uid"] = ["p0", "p1", "p2"]
+    res = summarize({"base": greedy, "ptalign": greedy}, samples=200,
+                    sampled={"base": _sampled(refusal, harmful, ["harmful"] * 3, 4),
+                             "ptalign": _sampled([True] * 12, [False] * 12, ["harmful"] * 3, 4)})  # fmt: skip
+    smp = res["sets"]["s"]["sampled"]
+    assert smp["prompts"] == 3 and smp["k"] == 4 and smp["answers"] == 12
+    assert smp["models"]["base"]["asr_at_k"]["value"] == pytest.approx(2 / 3)
+    assert smp["models"]["base"]["asr_per_sample"]["value"] == pytest.approx(1 / 3)
+    assert smp["pairs"]["ptalign - base"]["asr_at_k"]["value"] == pytest.approx(-2 / 3)
+
+
+def test_every_model_pair_by_hand():
+    n = 10
+    vals = {"base": pd.DataFrame({"m": [1.0] * n}), "mle_only": pd.DataFrame({"m": [1.0] * 6 + [0.0] * 4}),
+            "ptalign": pd.DataFrame({"m": [0.0] * n}), "extra": pd.DataFrame({"m": [0.0] * n})}  # fmt: skip
+    out = pairwise(vals, ["m"], np.ones(n, bool), 500, 0.95, 0)
+    assert list(out) == ["mle_only - base", "ptalign - base", "extra - base", "ptalign - mle_only", "extra - mle_only",
+                         "extra - ptalign"]  # fmt: skip
+    # every resample agrees when every paired difference is the same: a zero-width interval
+    d = out["ptalign - base"]["m"]
+    assert (d["value"], d["ci_low"], d["ci_high"], d["excludes_zero"]) == (-1.0, -1.0, -1.0, True)
+    same = out["extra - ptalign"]["m"]
+    assert (same["value"], same["ci_low"], same["ci_high"], same["excludes_zero"]) == (0.0, 0.0, 0.0, False)
+    # mean difference by hand: (6 * (0 - 0) ... ) ptalign - mle_only = mean(0 - [1]*6 + [0]*4) = -0.6
+    d = out["ptalign - mle_only"]["m"]
+    assert d["value"] == pytest.approx(-0.6) and d["n"] == n and d["ci_low"] <= -0.6 <= d["ci_high"]
+
+
+def test_cohen_kappa_by_hand():
+    # 2x2: both yes 20, a yes/b no 5, a no/b yes 10, both no 15 (n = 50)
+    a = [True] * 20 + [True] * 5 + [False] * 10 + [False] * 15
+    b = [True] * 20 + [False] * 5 + [True] * 10 + [False] * 15
+    # p_o = 35/50 = 0.7; p_a = 0.5, p_b = 0.6; p_e = 0.5*0.6 + 0.5*0.4 = 0.5; kappa = 0.2/0.5 = 0.4
+    k = cohen_kappa(a, b)
+    assert k["n"] == 50 and k["agreement"] == pytest.approx(0.7) and k["kappa"] == pytest.approx(0.4)
+    assert cohen_kappa(a, a)["kappa"] == pytest.approx(1.0)
+    assert cohen_kappa([True] * 4, [True] * 4)["kappa"] is None  # chance agreement 1: undefined
+    assert cohen_kappa([], [])["n"] == 0
