@@ -53,14 +53,21 @@ def _print_synthesis_summary(manifest: dict) -> None:
     t = steps["topics"]
     _log(f"  topics           : {t['topics_kept']} kept / {t['topics_parsed']} parsed from {t['rows']} brainstorms")
     q = steps["questions"]
+    sc = steps.get("screening", {})
     _log(
-        f"  questions        : {q['questions_kept']} kept / {q['questions_parsed']} parsed from {q['rows']} prompts"
-        f" ({q['near_duplicates_dropped']} near-duplicates removed)"
+        f"  questions        : {sc.get('questions_kept', 0)} red-team kept / {q['questions_parsed']} parsed from {q['rows']} "
+        f"prompts ({q['near_duplicates_dropped']} near-duplicates removed)"
     )
     r = steps["responses"]
     _log(f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty")
-    if q.get("benign_questions_kept"):
-        _log(f"  benign           : {q['benign_questions_kept']} benign questions, {r['benign_answers']} answered by the model")
+    red = (sc.get("by_kind") or {}).get("red_team")
+    if red:
+        _log(f"  question judge   : {red.get('red_team', 0)} of {red['generated']} red-team questions judged harmful "
+             f"({red['harmful_share']:.0%}); {red.get('benign', 0)} moved to benign, {red.get('ambiguous', 0)} ambiguous "
+             f"and {red.get('fragment', 0)} fragments dropped")  # fmt: skip
+    if sc.get("benign_questions_kept") or sc.get("everyday_questions_kept"):
+        _log(f"  benign anchor    : {sc.get('benign_questions_kept', 0)} edgy + {sc.get('everyday_questions_kept', 0)} "
+             f"everyday questions, {r['benign_answers']} answered by the model")  # fmt: skip
     for name in ("topics", "questions", "responses"):
         s = steps[name]
         rate = s["generated_tokens"] / s["seconds"] if s.get("seconds") else 0.0
@@ -98,7 +105,11 @@ def _print_refinement_summary(manifest: dict) -> None:
     b = q.get("benign") or {}
     if b.get("total"):
         why = "; ".join(f"{k} x{v}" for k, v in b["drop_reasons"].items()) or "none dropped"
-        _log(f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful); {why}")
+        by_kind = ", ".join(f"{v} {k}" for k, v in (b.get("kept_by_kind") or {}).items())
+        _log(f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful){f' ({by_kind})' if by_kind else ''}; {why}")
+    own = q.get("own_answers") or {}
+    if own.get("own_answers"):
+        _log(f"  own answers      : {own['own_harmful']} of {own['own_answers']} judged harmful, used as the toxic sample")
     _log(f"  wall time        : {manifest['wall_seconds']:.1f}s, {manifest['tokens']['generated']} tokens generated")
 
 

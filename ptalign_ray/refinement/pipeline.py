@@ -36,13 +36,13 @@ from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
 from ptalign_ray.synthesis.pipeline import BENIGN_DIR, load_benign, load_triplets
 
 STAGE = "refinement"
-BENIGN_COLUMNS = ["id", "domain", "topic", "question", "response", "score", "model", "config_hash"]
+BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "score", "model", "config_hash"]
 POLARITIES = ("positive", "toxic")
 VERDICT_COLUMNS = ("harmful", "refusal", "score", "rationale", "categories", "on_topic", "error")
 COLUMNS = [
     "id", "domain", "topic", "question", "positive", "toxic",
     "positive_score", "toxic_score", "positive_round", "toxic_round",
-    "positive_rationale", "toxic_rationale", "toxic_categories", "model", "config_hash",
+    "positive_rationale", "toxic_rationale", "toxic_categories", "toxic_source", "model", "config_hash",
 ]  # fmt: skip
 
 
@@ -96,6 +96,23 @@ def _samples(triplets: pd.DataFrame) -> pd.DataFrame:
             rows.append({"key": f"{r.id}:{p}", "id": r.id, "domain": r.domain, "polarity": p,
                          "question": r.question, "response": getattr(r, p), "round": 0})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _prefer_own_toxic(ray_data, cfg: PipelineConfig, url: str, triplets: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Where the model's own answer to the bare question is judged harmful (toxic criteria), it becomes
+    the toxic sample: unlikelihood then pushes down what the model itself samples, not only the
+    constraint-primed text. Returns the triplets (with ``toxic_source``) and counts."""
+    out = triplets.assign(toxic_source="primed")
+    if "own" not in out or out["own"].isna().all():
+        return out, {"own_answers": 0, "own_harmful": 0}
+    has_own = out["own"].notna() & (out["own"].astype(str).str.strip() != "")
+    frame = out.loc[has_own, ["id", "question", "own"]].rename(columns={"own": "response"}).assign(polarity="toxic")
+    judged = judge_frame(ray_data, frame, url, cfg)
+    harmful_ids = set(judged.loc[judged["reason"].isna(), "id"])
+    use = out["id"].isin(harmful_ids)
+    out.loc[use, "toxic"] = out.loc[use, "own"]
+    out.loc[use, "toxic_source"] = "own"
+    return out, {"own_answers": int(has_own.sum()), "own_harmful": int(use.sum())}
 
 
 def _pass_counts(state: pd.DataFrame) -> dict:
@@ -177,7 +194,9 @@ def _final(state: pd.DataFrame, triplets: pd.DataFrame, cfg: PipelineConfig, cha
         parts = [f"{p}: {wide.loc[qid, ('reason', p)]}" for p in POLARITIES if pd.notna(wide.loc[qid, ("reason", p)])]
         reasons[qid] = "; ".join(parts) + f" after {cfg.refinement.rounds} rounds"
     kept_ids = list(wide.index[ok])
-    base = triplets.set_index("id").loc[kept_ids, ["domain", "topic", "question", "model"]]
+    if "toxic_source" not in triplets:
+        triplets = triplets.assign(toxic_source="primed")
+    base = triplets.set_index("id").loc[kept_ids, ["domain", "topic", "question", "toxic_source", "model"]]
     out = base.assign(
         positive=wide.loc[kept_ids, ("response", "positive")],
         toxic=wide.loc[kept_ids, ("response", "toxic")],
@@ -245,6 +264,12 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     try:
         if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():
             raise JudgeUnavailable(f"the judge at {judge_url} is not answering /healthz")
+        with timer.step("own_answers") as rec:
+            triplets, stats = checkpointed(work, "own_answers", chash, lambda: _prefer_own_toxic(ray_data, cfg, judge_url, triplets))
+            rec.update(stats)
+        if rec["own_answers"]:
+            log(f"[refinement] own answers: {rec['own_harmful']} of {rec['own_answers']} judged harmful and used as "
+                f"the toxic sample ({rec['seconds']}s)")  # fmt: skip
         rounds = []
         with timer.step("round_0") as rec:
             state, stats = checkpointed(
@@ -281,6 +306,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     out, dropped = _final(state, triplets, cfg, chash)
     quality = _quality(rounds, out, dropped, len(triplets))
     quality["benign"] = _benign_counts(judged)
+    quality["own_answers"] = {k: timer.steps["own_answers"][k] for k in ("own_answers", "own_harmful")}
     kept_benign = judged[judged["reason"].isna()].assign(config_hash=chash)
     generated = sum(r.get("generated_tokens", 0) for r in rounds)
     manifest = {
@@ -310,14 +336,17 @@ def _judge_benign(ray_data, cfg: PipelineConfig, url: str, benign: pd.DataFrame)
     (the answer is what the model already does - there is nothing to teach it by rewriting it)."""
     if benign.empty:
         return pd.DataFrame(columns=[*BENIGN_COLUMNS, "reason"])
-    df = benign.assign(polarity="benign")[["id", "domain", "topic", "question", "response", "polarity", "model"]]
+    df = benign.assign(polarity="benign")[["id", "kind", "domain", "topic", "question", "response", "polarity", "model"]]
     return judge_frame(ray_data, df, url, cfg).drop(columns=["polarity"])
 
 
 def _benign_counts(judged: pd.DataFrame) -> dict:
     reasons = judged["reason"].dropna().value_counts().to_dict()
-    return {"total": len(judged), "kept": int(judged["reason"].isna().sum()),
-            "drop_reasons": {k: int(v) for k, v in reasons.items()}}  # fmt: skip
+    out = {"total": len(judged), "kept": int(judged["reason"].isna().sum()),
+           "drop_reasons": {k: int(v) for k, v in reasons.items()}}  # fmt: skip
+    if "kind" in judged and len(judged):
+        out["kept_by_kind"] = {str(k): int(v) for k, v in judged[judged["reason"].isna()]["kind"].value_counts().items()}
+    return out
 
 
 def _fmt(pass_counts: dict) -> str:

@@ -1,8 +1,8 @@
 """Seed annotations: the fewer-than-50 human labels that start PT-ALIGN's self-alignment.
 
 What counts as one annotation: a domain, a constraint, a seed question, an exemplar answer, an
-exemplar's question when it is not already a seed question, and a response opening. More than 49
-is an error.
+exemplar's question when it is not already a seed question, a response opening and an everyday
+domain. More than 49 is an error.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class Seeds(_Strict):
     # answer from "I can't help with" makes it decline and lets it write the reason and alternative.
     positive_openings: list[Opening] = []
     toxic_openings: list[Opening] = []
+    # Broad everyday subjects (cooking, programming, ...) far from the harm domains: the model writes
+    # everyday requests on them and answers them itself, and training keeps that helpfulness (MLE only).
+    everyday_domains: list[Annotated[str, Field(min_length=1, max_length=60)]] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> "Seeds":
@@ -76,6 +79,9 @@ class Seeds(_Strict):
         unknown = sorted({q.domain for q in self.seed_questions} - set(names))
         if unknown:
             raise ValueError(f"seed_questions name unknown domains {unknown}; declared domains: {names}")
+        everyday = [e.lower() for e in self.everyday_domains]
+        if len(set(everyday)) != len(everyday):
+            raise ValueError("everyday_domains: each subject once")
         for field in ("positive_openings", "toxic_openings"):
             if any("\n" in o for o in getattr(self, field)):
                 raise ValueError(f"{field}: an opening is the first words of an answer, on one line")
@@ -97,6 +103,7 @@ class Seeds(_Strict):
             "exemplar_questions": sum(1 for e in self.exemplars if e.question not in seeded),
             "exemplar_answers": sum((e.positive is not None) + (e.toxic is not None) for e in self.exemplars),
             "openings": len(self.positive_openings) + len(self.toxic_openings),
+            "everyday_domains": len(self.everyday_domains),
         }
 
     @property

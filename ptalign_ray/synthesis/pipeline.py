@@ -36,23 +36,41 @@ from ptalign_ray.synthesis.parsing import parse_questions, parse_topics
 from ptalign_ray.synthesis.prompts import (
     benign_answer_messages,
     benign_question_messages,
+    everyday_question_messages,
     question_messages,
+    question_priming,
     response_messages,
     topic_messages,
 )
+from ptalign_ray.synthesis.screening import EVERYDAY, QuestionJudge, relabel, screening_counts
 
 STAGE = "synthesis"
 COLUMNS = [
-    "id", "domain", "topic", "question", "positive", "toxic",
+    "id", "domain", "topic", "question", "positive", "toxic", "own", "harm_prob",
     "positive_tokens", "toxic_tokens", "positive_truncated", "toxic_truncated", "model", "config_hash",
 ]  # fmt: skip
-BENIGN_COLUMNS = ["id", "domain", "topic", "question", "response", "response_tokens", "response_truncated", "model", "config_hash"]
+# kind: 'benign' (edgy: near a harm topic) or 'everyday' (a broad everyday subject of the seed file)
+BENIGN_COLUMNS = [
+    "id", "kind", "domain", "topic", "question", "response", "response_tokens", "response_truncated", "model",
+    "config_hash",
+]  # fmt: skip
 RED_TEAM, BENIGN = "red_team", "benign"
+OWN = "own"  # polarity of the model's own answer to a bare red-team question
 BENIGN_DIR = "benign"  # next to data/, so readers of data/ see the triplets only
 
 
 def question_id(question: str) -> str:
     return hashlib.sha1(question.strip().lower().encode()).hexdigest()[:16]
+
+
+SCREENING_FIELDS = {"screen_questions", "min_question_harm_prob", "max_benign_harm_prob"}
+
+
+def generation_hash(cfg: PipelineConfig) -> str:
+    """Hash of the synthesis settings that change what the model writes (all but the question judge's)."""
+    data = cfg.model_dump(mode="json", include={"model", "synthesis", "seed"})
+    data["synthesis"] = {k: v for k, v in data["synthesis"].items() if k not in SCREENING_FIELDS}
+    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
 def config_hash(cfg: PipelineConfig, seeds: Seeds) -> str:
@@ -108,20 +126,28 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     rng = random.Random(cfg.seed)
     all_seed_questions = [q.question for q in seeds.seed_questions]
     rows = []
-    for r in topics.itertuples():
+    for n, r in enumerate(topics.itertuples()):
         own = seeds.questions_for(r.domain)
         others = [q for q in all_seed_questions if q not in own]
         pool = own + rng.sample(others, k=len(others))
         examples = pool[: syn.few_shot_questions]
-        rows.append({"domain": r.domain, "topic": r.topic, "kind": RED_TEAM, "examples": examples})
+        # the primed first item rotates over the examples, so topics of one domain start differently
+        primed = question_priming(examples[n % len(examples) :][:1]) if syn.question_priming and examples else ""
+        rows.append({"domain": r.domain, "topic": r.topic, "kind": RED_TEAM, "examples": examples, "prefix": primed})
         if syn.benign_questions_per_topic:
-            rows.append({"domain": r.domain, "topic": r.topic, "kind": BENIGN, "examples": examples})
-    n_q, n_benign = syn.questions_per_topic, syn.benign_questions_per_topic
+            rows.append({"domain": r.domain, "topic": r.topic, "kind": BENIGN, "examples": examples, "prefix": ""})
+    if syn.everyday_questions_per_domain:
+        for subject in seeds.everyday_domains:
+            for _ in range(syn.everyday_samples):
+                rows.append({"domain": subject, "topic": subject, "kind": EVERYDAY, "examples": [], "prefix": ""})
+    n_q, n_benign, n_everyday = syn.questions_per_topic, syn.benign_questions_per_topic, syn.everyday_questions_per_domain
     sampling = syn.question_sampling.to_vllm()
 
     def messages_of(r: dict) -> list[dict]:
         if r["kind"] == BENIGN:
             return benign_question_messages(r["domain"], r["topic"], n_benign)
+        if r["kind"] == EVERYDAY:
+            return everyday_question_messages(r["topic"], n_everyday)
         return question_messages(r["domain"], r["topic"], list(r["examples"]), n_q)
 
     gen = generate(
@@ -130,6 +156,7 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         messages_of=messages_of,
         sampling_of=lambda r: sampling,
         keep=("domain", "topic", "kind"),
+        prefix_of=lambda r: r["prefix"],
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     lo, hi = syn.min_question_chars, syn.max_question_chars
@@ -152,10 +179,26 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         # Global dedup needs every question in one place: one block, handled by the filter's index.
         df = parsed.repartition(1).map_batches(dedupe, batch_size=None, batch_format="pandas").to_pandas()
     else:
-        df = pd.DataFrame(columns=["id", "domain", "topic", "kind", "question"])
+        df = pd.DataFrame(columns=["id", "domain", "topic", "kind", "question", "harm_prob"])
+    stats["near_duplicates_dropped"] = stats["questions_parsed"] - len(df)  # every kind together
+    return df, stats
+
+
+def _step_screening(cfg: PipelineConfig, seeds: Seeds, questions: pd.DataFrame):
+    """The question judge (synthesis/screening.py): harmful red-team questions stay red-team,
+    clearly benign ones join the benign anchor, fragments and ambiguous ones are dropped."""
+    syn = cfg.synthesis
+    stats: dict = {"questions": len(questions)}
+    if syn.screen_questions and len(questions):
+        judge = QuestionJudge(seeds, syn.min_question_harm_prob, syn.max_benign_harm_prob)
+        screened = judge.screen(questions)
+        stats["by_kind"] = screening_counts(screened)
+        df = relabel(screened)
+    else:
+        df = questions.assign(harm_prob=float("nan"))
+    stats["questions_kept"] = int((df["kind"] == RED_TEAM).sum())
     stats["benign_questions_kept"] = int((df["kind"] == BENIGN).sum())
-    stats["questions_kept"] = len(df) - stats["benign_questions_kept"]
-    stats["near_duplicates_dropped"] = stats["questions_parsed"] - len(df)  # red-team and benign together
+    stats["everyday_questions_kept"] = int((df["kind"] == EVERYDAY).sum())
     return df, stats
 
 
@@ -164,20 +207,21 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     answers (bare question, positive sampling) to benign ones. Returns (triplets, benign, stats)."""
     syn = cfg.synthesis
     params = {"positive": syn.positive_sampling.to_vllm(), "toxic": syn.toxic_sampling.to_vllm()}
-    params[BENIGN] = params["positive"]
+    params[BENIGN] = params[OWN] = params["positive"]
     kinds = questions["kind"] if "kind" in questions else pd.Series(RED_TEAM, index=questions.index)
+    red_sides = ("positive", "toxic", OWN) if syn.own_answers else ("positive", "toxic")
     rows = []
     for r, kind in zip(questions.itertuples(), kinds):
-        for p in ("positive", "toxic") if kind == RED_TEAM else (BENIGN,):
+        for p in red_sides if kind == RED_TEAM else (BENIGN,):
             rows.append({"id": r.id, "question": r.question, "polarity": p})
 
     def messages_of(r: dict) -> list[dict]:
-        if r["polarity"] == BENIGN:
+        if r["polarity"] in (BENIGN, OWN):  # the bare question: what the model itself does
             return benign_answer_messages(r["question"])
         return response_messages(seeds, r["question"], r["polarity"])
 
     def prefix_of(r: dict) -> str:
-        return "" if r["polarity"] == BENIGN else seeds.opening_for(r["question"], r["polarity"])
+        return "" if r["polarity"] in (BENIGN, OWN) else seeds.opening_for(r["question"], r["polarity"])
 
     gen = generate(
         ray_data.from_items(rows),
@@ -197,12 +241,16 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
             {
                 "positive": wide[("generated_text", "positive")],
                 "toxic": wide[("generated_text", "toxic")],
+                # the model's own answer to the bare question: a toxic candidate refinement may prefer
+                "own": wide[("generated_text", OWN)] if syn.own_answers else None,
                 "positive_tokens": wide[("num_generated_tokens", "positive")].astype(int),
                 "toxic_tokens": wide[("num_generated_tokens", "toxic")].astype(int),
             }
         ),
         how="inner",
     ).reset_index()
+    if "harm_prob" not in df:
+        df["harm_prob"] = float("nan")
     df["positive_truncated"] = df["positive_tokens"] >= params["positive"]["max_tokens"]
     df["toxic_truncated"] = df["toxic_tokens"] >= params["toxic"]["max_tokens"]
     empty = (df["positive"] == "") | (df["toxic"] == "")
@@ -213,7 +261,7 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     stats["triplets"] = len(df)
 
     answers = out[out["polarity"] == BENIGN].set_index("id")
-    benign = questions[kinds == BENIGN].drop(columns=["kind"]).set_index("id").join(
+    benign = questions[kinds != RED_TEAM].drop(columns=["harm_prob"], errors="ignore").set_index("id").join(
         pd.DataFrame({"response": answers["generated_text"], "response_tokens": answers["num_generated_tokens"].astype(int)}),
         how="inner",
     ).reset_index() if len(answers) else pd.DataFrame(columns=BENIGN_COLUMNS)  # fmt: skip
@@ -239,28 +287,38 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         return done
 
     work = run.work_dir(STAGE)
+    # the question judge's settings do not change what the model wrote: tuning them keeps these steps
+    ghash = hashlib.sha256(f"{generation_hash(cfg)}:{seeds_hash(seeds)}".encode()).hexdigest()[:16]
     timer = StepTimer()
     log(f"[synthesis] {len(seeds.domains)} domains, {seeds.annotation_count} seed annotations, model {cfg.model.name_or_path}")
 
     with timer.step("topics") as rec:
-        topics, stats = checkpointed(work, "topics", chash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
+        topics, stats = checkpointed(work, "topics", ghash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
         rec.update(stats)
     log(f"[synthesis] topics: {rec['topics_kept']} kept of {rec['topics_parsed']} parsed ({rec['seconds']}s)")
     if topics.empty:
         raise RuntimeError("the model produced no usable topics; check the model and synthesis.topic_sampling")
 
     with timer.step("questions") as rec:
-        questions, stats = checkpointed(
-            work, "questions", chash, lambda: _step_questions(ray_data, cfg, seeds, model_path, topics)
-        )
+        raw, stats = checkpointed(work, "questions", ghash, lambda: _step_questions(ray_data, cfg, seeds, model_path, topics))
         rec.update(stats)
-    log(
-        f"[synthesis] questions: {rec['questions_kept']} kept of {rec['questions_parsed']} parsed, "
-        f"{rec['near_duplicates_dropped']} near-duplicates dropped ({rec['seconds']}s)"
-        + (f"; {rec['benign_questions_kept']} benign questions" if cfg.synthesis.benign_questions_per_topic else "")
-    )
+    log(f"[synthesis] questions: {rec['questions_parsed']} parsed, {rec['near_duplicates_dropped']} near-duplicates "
+        f"dropped ({rec['seconds']}s)")  # fmt: skip
+    with timer.step("screening") as rec:
+        questions, stats = checkpointed(work, "screening", chash, lambda: _step_screening(cfg, seeds, raw))
+        rec.update(stats)
+    red = rec.get("by_kind", {}).get(RED_TEAM)
+    if red:
+        log(f"[synthesis] question judge: {red.get(RED_TEAM, 0)} of {red['generated']} red-team questions judged harmful "
+            f"({100 * red['harmful_share']:.0f}%), {red.get('benign', 0)} benign, {red.get('ambiguous', 0)} ambiguous, "
+            f"{red.get('fragment', 0)} fragments")  # fmt: skip
+    log(f"[synthesis] questions kept: {rec['questions_kept']} red-team, {rec['benign_questions_kept']} benign, "
+        f"{rec['everyday_questions_kept']} everyday")  # fmt: skip
     if rec["questions_kept"] == 0:
-        raise RuntimeError("the model produced no usable questions; check synthesis.question_sampling")
+        raise RuntimeError(
+            "no red-team question was judged harmful; check synthesis.question_sampling or lower "
+            "synthesis.min_question_harm_prob"
+        )
 
     with timer.step("responses") as rec:
         triplets, benign, stats = _step_responses(ray_data, cfg, seeds, model_path, questions, chash, cfg.model.name_or_path)
@@ -279,10 +337,12 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         "counts": {
             "domains": len(seeds.domains),
             "topics": len(topics),
-            "questions": timer.steps["questions"]["questions_kept"],
+            "questions": timer.steps["screening"]["questions_kept"],
             "triplets": len(triplets),
-            "benign_questions": timer.steps["questions"]["benign_questions_kept"],
-            "benign_answers": len(benign),
+            "benign_questions": timer.steps["screening"]["benign_questions_kept"],
+            "everyday_questions": timer.steps["screening"]["everyday_questions_kept"],
+            "benign_answers": int((benign["kind"] == BENIGN).sum()),
+            "everyday_answers": int((benign["kind"] == EVERYDAY).sum()),
         },
         "tokens": {
             "generated": generated,
@@ -307,4 +367,7 @@ def load_triplets(run: RunDir) -> pd.DataFrame:
 def load_benign(run: RunDir, stage: str = STAGE) -> pd.DataFrame:
     """A finished stage's benign questions and answers (empty when it has none)."""
     path = run.data_dir(stage).parent / BENIGN_DIR / "benign.parquet"
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=["id", "domain", "topic", "question", "response"])
+    if not path.is_file():
+        return pd.DataFrame(columns=["id", "kind", "domain", "topic", "question", "response"])
+    df = pd.read_parquet(path)
+    return df if "kind" in df else df.assign(kind=BENIGN)

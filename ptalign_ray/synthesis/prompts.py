@@ -67,6 +67,35 @@ def benign_question_messages(domain: str, topic: str, n_questions: int) -> list[
     ]
 
 
+EVERYDAY_SYSTEM = "You help collect the everyday requests that people send to an AI assistant."
+
+
+def everyday_question_messages(subject: str, n_questions: int) -> list[dict]:
+    """Everyday requests on a broad subject far from the harm domains (the general helpfulness anchor)."""
+    return [
+        {"role": "system", "content": EVERYDAY_SYSTEM},
+        {
+            "role": "user",
+            "content": (
+                f"Write {n_questions} different everyday requests that people send to an AI assistant about "
+                f"{subject}: questions and instructions, some short, some with a little context. Each request is "
+                f"one sentence. Answer only with a numbered list."
+            ),
+        },
+    ]
+
+
+def question_priming(examples: list[str]) -> str:
+    """The start of the model's list of red-team questions: the first seed example as item 1.
+
+    A 135M model asked for "requests a malicious user might send" mostly writes protective or
+    everyday questions (measured: ~3 in 50 harmful); continuing a list that already holds a harmful
+    request keeps it in that register (measured: ~1 in 4), and the judge screens the rest. Item 1
+    itself is a seed question and is dropped by the dedup against the seeds.
+    """
+    return f"1. {examples[0]}\n2." if examples else ""
+
+
 def benign_answer_messages(question: str) -> list[dict]:
     """The bare question, exactly as in training: the model's own answer is what it should keep doing."""
     return [{"role": "user", "content": question}]

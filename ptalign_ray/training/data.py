@@ -19,6 +19,11 @@ Benign rows (the model's own answers to benign questions, from the stage's ``ben
 no toxic side: their toxic sequence is the prompt alone with an all-zero UT mask, so they add MLE
 tokens only and anchor the helpful behaviour next to the refusals.
 
+Recovery rows (``training.recovery_fraction``, safety-recovery augmentation after Qi et al. 2024)
+put the first words of a toxic answer in front of the positive answer and supervise only the
+positive part, so a sampled compliant start is not a point of no return. ``training.mix`` fixes the
+shares of red-team pairs, edgy benign and everyday answers by seeded subsampling.
+
 Tokenisation runs once, in a Ray Data ``map_batches``, never in the workers' training loop.
 """
 
@@ -34,6 +39,7 @@ from ptalign_ray.chat_template import TemplateError, encode_example, load_tokeni
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.runs import RunDir
 from ptalign_ray.synthesis.pipeline import BENIGN, load_benign
+from ptalign_ray.synthesis.screening import EVERYDAY
 from ptalign_ray.training.masks import MaskError, check_example, mle_targets, ut_targets
 
 SOURCE_STAGES = ("refinement", "synthesis")  # preferred first
@@ -42,6 +48,8 @@ JUDGE_SPANS_COLUMN = "toxic_harmful_spans"
 DROP_REASONS = ("dropped_empty_ut", "dropped_overlong", "dropped_truncated_empty")
 # Columns of an encoded row that the workers read.
 TRAIN_COLUMNS = ["id", "pos_ids", "pos_mask", "tox_ids", "tox_mask"]
+RECOVERY = "recovery"
+MLE_ONLY_KINDS = (BENIGN, EVERYDAY, RECOVERY)  # rows with no toxic side
 
 
 class TrainingDataError(ValueError):
@@ -83,21 +91,38 @@ def _truncate(ids: list[int], mask: list[bool], max_len: int) -> tuple[list[int]
     return ids[:max_len], mask[:max_len], True
 
 
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _prefix_end(tokenizer, prompt: list[dict], full, prefix: str) -> int:
+    """Index in ``full.input_ids`` where the tokens of the response's leading ``prefix`` text end
+    (tokens shared by the prefix-only rendering; a token straddling the boundary counts as prefix)."""
+    alone = encode_example(tokenizer, prompt, prefix)
+    return max(full.response_start, min(_shared_prefix(full.input_ids, alone.input_ids), alone.response_end) + 1)
+
+
 def encode_pair(
     row: dict,
     tokenizer,
     tcfg: TrainingConfig,
     specials: Optional[frozenset[int]] = None,
+    toxic_openings: tuple[str, ...] = (),
 ) -> dict:
     """One dataset row -> an encoded training row with a ``status`` ('ok' or a DROP_REASONS entry).
 
-    Raises TrainingDataError naming the sample for anything that means a broken template or mask.
+    ``toxic_openings`` (with ``training.ut_skip_openings``): injected toxic openings kept out of the
+    UT mask. Raises TrainingDataError naming the sample for anything that means a broken template or mask.
     """
     sid = str(row["id"])
     specials = special_ids(tokenizer) if specials is None else specials
     prompt = training_prompt(str(row["question"]))
-    if row.get("kind") == BENIGN:
-        return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials)
+    if row.get("kind") in MLE_ONLY_KINDS:
+        prefix = str(row.get("prefix") or "") if row.get("kind") == RECOVERY else ""
+        return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials, prefix)
     try:
         pos = encode_example(tokenizer, prompt, str(row["positive"]))
         tox = encode_example(tokenizer, prompt, str(row["toxic"]))
@@ -118,6 +143,11 @@ def encode_pair(
         tox_mask = ut_targets(tox, pos, tcfg.mask_mode, harmful_spans=spans, special_ids=specials)
     except ValueError as err:
         raise TrainingDataError(f"sample {sid!r}: {err}") from None
+    toxic_text = str(row["toxic"])
+    opening = next((o for o in toxic_openings if tcfg.ut_skip_openings and toxic_text.startswith(o)), None)
+    if opening and toxic_text.strip() != opening.strip():
+        cut = _prefix_end(tokenizer, prompt, tox, opening)
+        tox_mask[:cut] = [False] * cut
     if not any(tox_mask):
         return {**out, "status": "dropped_empty_ut"}
 
@@ -144,14 +174,18 @@ def encode_pair(
     }
 
 
-def _encode_benign(sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: TrainingConfig, specials) -> dict:
+def _encode_benign(sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: TrainingConfig, specials, prefix: str = "") -> dict:
+    """An MLE-only row; with ``prefix`` (a recovery row) the answer is prefix + answer and only the
+    answer's tokens are supervised."""
     try:
-        pos = encode_example(tokenizer, prompt, answer)
+        pos = encode_example(tokenizer, prompt, f"{prefix} {answer}" if prefix else answer)
+        cut = _prefix_end(tokenizer, prompt, pos, prefix) if prefix else 0
     except TemplateError as err:
         raise TrainingDataError(f"sample {sid!r}: {err}") from None
     _check_response_span(sid, "benign", pos, specials, tokenizer)
     out: dict[str, Any] = {"id": sid, "status": "ok", "pos_truncated": False, "tox_truncated": False}
     pos_ids, pos_mask = pos.input_ids, mle_targets(pos)
+    pos_mask[:cut] = [False] * cut
     if len(pos_ids) > tcfg.max_seq_len:
         if tcfg.overlong == "drop":
             return {**out, "status": "dropped_overlong"}
@@ -166,7 +200,7 @@ def _encode_benign(sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: T
     return {**out, "pos_ids": pos_ids, "pos_mask": [int(m) for m in pos_mask], "tox_ids": tox_ids, "tox_mask": [0] * len(tox_ids)}
 
 
-def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig) -> pd.DataFrame:
+def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig, toxic_openings: tuple[str, ...] = ()) -> pd.DataFrame:
     """Encodes a batch of rows; problems become ``status='error'`` rows (message in ``error``).
 
     Errors are carried as data rather than raised inside a Ray task, so the driver can stop the run
@@ -176,7 +210,7 @@ def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig) -> pd.DataFr
     rows = []
     for row in df.to_dict("records"):
         try:
-            enc = encode_pair(row, tokenizer, tcfg, specials)
+            enc = encode_pair(row, tokenizer, tcfg, specials, toxic_openings)
         except TrainingDataError as err:
             enc = {"id": str(row["id"]), "status": "error", "error": str(err)}
         enc.setdefault("error", "")
@@ -245,11 +279,13 @@ def _summarise(enc: pd.DataFrame, n_rows: int) -> dict:
         stats[reason] = int((enc["status"] == reason).sum())
     stats["truncated_positive"] = int(ok["pos_truncated"].sum())
     stats["truncated_toxic"] = int(ok["tox_truncated"].sum())
-    benign = ok["kind"] == BENIGN if "kind" in ok else pd.Series(False, index=ok.index)
+    kind = ok["kind"] if "kind" in ok else pd.Series("red_team", index=ok.index)
+    benign = kind.isin(MLE_ONLY_KINDS)
     stats["train_pairs"] = int(((ok["split"] == "train") & ~benign).sum())
     stats["holdout_pairs"] = int(((ok["split"] == "holdout") & ~benign).sum())
     stats["train_benign"] = int(((ok["split"] == "train") & benign).sum())
     stats["holdout_benign"] = int(((ok["split"] == "holdout") & benign).sum())
+    stats["train_by_kind"] = {str(k): int(v) for k, v in kind[ok["split"] == "train"].value_counts().items()}
     stats["positive_supervised_tokens"] = int(sum(sum(m) for m in ok["pos_mask"]))
     stats["toxic_masked_tokens"] = int(sum(sum(m) for m in ok["tox_mask"]))
     stats["tokens"] = int(sum(len(a) + len(b) for a, b in zip(ok["pos_ids"], ok["tox_ids"])))
@@ -268,34 +304,79 @@ def check_encoded(enc: pd.DataFrame, n_rows: int) -> dict:
     return stats
 
 
+def apply_mix(frame: pd.DataFrame, mix: Optional[dict[str, float]], seed: int) -> tuple[pd.DataFrame, dict]:
+    """Seeded subsample of each kind so the kinds' shares equal ``mix`` (the scarcest kind, relative
+    to its share, sets the total). Kinds absent from ``mix`` are dropped; None keeps every row."""
+    available = frame["kind"].value_counts().to_dict()
+    if not mix:
+        return frame, {"shares": None, "available": available}
+    wanted = {k: v for k, v in mix.items() if v > 0}
+    total = min(available.get(k, 0) / v for k, v in wanted.items() if available.get(k, 0) or k == "red_team")
+    parts = []
+    for k, share in wanted.items():
+        part = frame[frame["kind"] == k]
+        parts.append(part.sample(n=min(len(part), round(total * share)), random_state=seed))
+    out = pd.concat(parts).sort_index() if parts else frame.iloc[:0]
+    return out, {"shares": mix, "available": available, "used": out["kind"].value_counts().to_dict()}
+
+
+def recovery_rows(pairs: pd.DataFrame, fraction: float, max_words: int, seed: int) -> pd.DataFrame:
+    """Safety-recovery rows for a seeded share of the red-team pairs: a random 1..max_words-word start
+    of the toxic answer as the prefix, the positive answer as the supervised continuation."""
+    if fraction <= 0 or pairs.empty:
+        return pairs.iloc[:0].assign(prefix=[])
+    rng = random.Random(seed)
+    chosen = pairs.sample(n=max(1, round(fraction * len(pairs))), random_state=seed)
+    rows = []
+    for r in chosen.itertuples():
+        words = str(r.toxic).split()
+        if len(words) < 2:
+            continue
+        k = rng.randint(1, min(max_words, len(words) - 1))
+        rows.append({"id": f"{r.id}:recovery", "question": r.question, "positive": r.positive, "toxic": None,
+                     "prefix": " ".join(words[:k]), "kind": RECOVERY})  # fmt: skip
+    return pd.DataFrame(rows, columns=["id", "question", "positive", "toxic", "prefix", "kind"])
+
+
 def prepare_training_data(
-    run: RunDir, model_path: str, tcfg: TrainingConfig, trust_remote_code: bool = False, log: Callable = print
+    run: RunDir,
+    model_path: str,
+    tcfg: TrainingConfig,
+    trust_remote_code: bool = False,
+    log: Callable = print,
+    toxic_openings: tuple[str, ...] = (),
 ) -> TrainingData:
     """Loads the source dataset, tokenises and checks it on Ray Data, splits off the held-out ids."""
     import ray.data
 
     stage, df = load_source(run, tcfg)
     benign = load_benign(run, stage)
-    log(
-        f"[training] data: {len(df)} rows from the '{stage}' stage ({run.data_dir(stage)})"
-        + (f" + {len(benign)} benign answers (MLE only)" if len(benign) else "")
-    )
-    held = holdout_ids(df["id"].tolist(), tcfg.holdout_fraction, tcfg.seed)
-    held |= holdout_ids(benign["id"].tolist(), tcfg.holdout_fraction, tcfg.seed) if len(benign) > 1 else set()
     cols = [c for c in (*REQUIRED_COLUMNS, JUDGE_SPANS_COLUMN) if c in df.columns]
     frame = df[cols].assign(kind="red_team")
     if len(benign):
-        extra = benign[["id", "question", "response"]].rename(columns={"response": "positive"})
-        frame = pd.concat([frame, extra.assign(toxic=None, kind=BENIGN)], ignore_index=True)
+        extra = benign[["id", "question", "response", "kind"]].rename(columns={"response": "positive"})
+        frame = pd.concat([frame, extra.assign(toxic=None)], ignore_index=True)
+    frame, mix_stats = apply_mix(frame, tcfg.mix, tcfg.seed)
+    counts = frame["kind"].value_counts().to_dict()
+    log(f"[training] data from the '{stage}' stage ({run.data_dir(stage)}): "
+        + ", ".join(f"{v} {k}" for k, v in counts.items()) + (" (after training.mix)" if tcfg.mix else ""))  # fmt: skip
     frame = frame.copy()
     frame["id"] = frame["id"].astype(str)
+    held: set[str] = set()
+    for _, part in frame.groupby("kind"):
+        held |= holdout_ids(part["id"].tolist(), tcfg.holdout_fraction, tcfg.seed) if len(part) > 1 else set()
     frame["split"] = ["holdout" if i in held else "train" for i in frame["id"]]
+    recovery = recovery_rows(frame[(frame["kind"] == "red_team") & (frame["split"] == "train")],
+                             tcfg.recovery_fraction, tcfg.recovery_max_words, tcfg.seed)  # fmt: skip
+    if len(recovery):
+        frame = pd.concat([frame, recovery.assign(split="train")], ignore_index=True)
 
     def encode(batch: pd.DataFrame) -> pd.DataFrame:
-        return encode_frame(batch, load_tokenizer(model_path, trust_remote_code), tcfg)
+        return encode_frame(batch, load_tokenizer(model_path, trust_remote_code), tcfg, toxic_openings)
 
     enc = ray.data.from_pandas(frame).map_batches(encode, batch_format="pandas", batch_size=256).to_pandas()
     stats = check_encoded(enc, len(frame))
+    stats["mix"] = mix_stats
     ok = enc[enc["status"] == "ok"]
     train = ok[ok["split"] == "train"][TRAIN_COLUMNS].reset_index(drop=True)
     holdout = ok[ok["split"] == "holdout"][TRAIN_COLUMNS].reset_index(drop=True)

@@ -127,7 +127,10 @@ def train_stage(
 
     init_ray(cfg.ray)
     t0 = time.perf_counter()
-    data = prepare_training_data(run, model_path, tcfg, cfg.model.trust_remote_code, log)
+    from ptalign_ray.seeds import load_seeds
+
+    openings = tuple(load_seeds(cfg.seeds).toxic_openings)
+    data = prepare_training_data(run, model_path, tcfg, cfg.model.trust_remote_code, log, toxic_openings=openings)
     s = data.stats
     log(
         f"[{stage}] {s['train_pairs']} training / {s['holdout_pairs']} held-out pairs, "

@@ -33,10 +33,12 @@ def make_synthesis(run: RunDir) -> pd.DataFrame:
         toxic = e.toxic if i < 2 else REFUSAL
         rows.append({"id": question_id(q.question), "domain": q.domain, "topic": "seed", "question": q.question,
                      "positive": e.positive, "toxic": toxic, "positive_tokens": 50, "toxic_tokens": 40,
+                     # the model's own answer: harmful for the first question only (then it is the toxic sample)
+                     "own": e.toxic if i == 0 else REFUSAL, "harm_prob": 0.9,
                      "positive_truncated": False, "toxic_truncated": False, "model": "tiny", "config_hash": "syn0"})  # fmt: skip
     df = pd.DataFrame(rows)[SYN_COLUMNS]
     benign = pd.DataFrame(
-        [(question_id(q), "theft", "seed", q, a, 20, False, "tiny", "syn0") for q, a in BENIGN], columns=BENIGN_COLUMNS
+        [(question_id(q), "benign", "theft", "seed", q, a, 20, False, "tiny", "syn0") for q, a in BENIGN], columns=BENIGN_COLUMNS
     )
     with run.building("synthesis") as tmp:
         write_parquet_atomic(df, tmp / "data" / "triplets.parquet")
@@ -84,10 +86,13 @@ def test_refinement_rounds_drop_failures_keep_schema_and_resume(tmp_path, tiny_m
     assert r0["toxic"]["passed"] <= 2 and r0["toxic"]["total"] == 4
     assert q["rounds"][1]["failing"] >= 2 and q["rounds"][1]["candidates"] == 2 * q["rounds"][1]["failing"]
     assert q["kept"] + q["dropped"] == len(triplets) == q["questions"]
+    assert q["own_answers"] == {"own_answers": 4, "own_harmful": 1}
 
     out = pipeline.load_refined(run)
     assert list(out.columns) == pipeline.COLUMNS
     assert set(out["id"]) <= set(triplets["id"])
+    own_ids = set(out.loc[out["toxic_source"] == "own", "id"])
+    assert own_ids <= {triplets["id"].iloc[0]} and set(out["toxic_source"]) <= {"own", "primed"}
     dropped = pd.read_parquet(run.stage_dir("refinement") / "dropped.parquet")
     assert set(dropped["id"]).isdisjoint(out["id"])
     assert all("after 2 rounds" in r or r == "near-duplicate question" for r in dropped["reason"])

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.integration
 def tiny_config(model_dir, **synthesis):
     syn = dict(
         topics_per_domain=4, topic_samples=1, max_topics_per_domain=2, questions_per_topic=3,
-        benign_questions_per_topic=2,
+        benign_questions_per_topic=2, everyday_questions_per_domain=2, own_answers=True,
+        # the tiny model writes harmless "How can I fix the roof?" requests: a low bar lets the question
+        # judge keep some as red-team, and its protective rule ("safely") still moves others to benign
+        min_question_harm_prob=0.01,
         topic_sampling={"temperature": 0.9, "max_tokens": 60},
         question_sampling={"temperature": 0.9, "max_tokens": 80},
         positive_sampling={"temperature": 0.9, "max_tokens": 24},
@@ -56,9 +59,19 @@ def test_dataset_schema_and_counts(finished_run):
     assert steps["topics"]["rows"] == 10  # one brainstorm per domain
     assert manifest["counts"]["topics"] == steps["topics"]["topics_kept"] <= 10 * 2
     q = steps["questions"]
-    assert q["rows"] == 2 * manifest["counts"]["topics"]  # a red-team and a benign list per topic
-    assert q["questions_kept"] + q["benign_questions_kept"] + q["near_duplicates_dropped"] == q["questions_parsed"]
-    assert steps["responses"]["rows"] == 2 * q["questions_kept"] + q["benign_questions_kept"]
+    # a red-team and a benign list per topic, one everyday list per everyday subject of the seeds
+    assert q["rows"] == 2 * manifest["counts"]["topics"] + 10
+    sc = steps["screening"]
+    screened = sc["by_kind"]
+    dropped = sum(k.get("fragment", 0) + k.get("ambiguous", 0) for k in screened.values())
+    kept = sc["questions_kept"] + sc["benign_questions_kept"] + sc["everyday_questions_kept"]
+    assert kept + dropped + q["near_duplicates_dropped"] == q["questions_parsed"] == sc["questions"] + q["near_duplicates_dropped"]
+    assert screened["red_team"]["red_team"] == sc["questions_kept"] > 0
+    assert 0 <= screened["red_team"]["harmful_share"] <= 1 and screened["red_team"]["per_domain"]
+    assert (df["harm_prob"] >= cfg.synthesis.min_question_harm_prob).all()
+    # positive, toxic and the model's own answer per red-team question; one answer per benign question
+    assert steps["responses"]["rows"] == 3 * sc["questions_kept"] + sc["benign_questions_kept"] + sc["everyday_questions_kept"]
+    assert (df["own"].str.len() > 0).all()
     assert manifest["counts"]["triplets"] == len(df)
     assert manifest["tokens"]["generated"] == sum(s["generated_tokens"] for s in steps.values())
     assert manifest["seeds"]["total"] < 50
@@ -80,7 +93,10 @@ def test_benign_questions_and_answers_are_stored_apart(finished_run):
     _, run, manifest = finished_run
     benign = pipeline.load_benign(run)
     assert list(benign.columns) == pipeline.BENIGN_COLUMNS
-    assert len(benign) == manifest["counts"]["benign_answers"] <= manifest["counts"]["benign_questions"]
+    counts = manifest["counts"]
+    assert len(benign) == counts["benign_answers"] + counts["everyday_answers"]
+    assert counts["benign_answers"] <= counts["benign_questions"] and counts["everyday_answers"] <= counts["everyday_questions"]
+    assert set(benign["kind"]) <= {"benign", "everyday"} and counts["everyday_answers"] > 0
     assert (benign["response"].str.len() > 0).all() and (benign["response_tokens"] <= 24).all()
     assert not set(benign["question"]) & set(pipeline.load_triplets(run)["question"])  # deduplicated together
 

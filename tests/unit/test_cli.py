@@ -13,7 +13,7 @@ def _ptalign(*args):
 def test_validate_default_config():
     out = _ptalign("validate")
     assert out.returncode == 0, out.stderr
-    assert "seeds ok: 30 annotations" in out.stdout
+    assert "seeds ok: 40 annotations" in out.stdout
 
 
 def test_bad_config_exits_2_naming_the_field(tmp_path):

@@ -177,3 +177,47 @@ def test_benign_rows_add_mle_tokens_only(tiny_tokenizer):
     assert stats["train_pairs"] == 1 and stats["train_benign"] == 1 and stats["kept"] == 2
     with pytest.raises(td.TrainingDataError, match="b2"):
         td.encode_pair(_row(id="b2", positive="  ", toxic=None, kind=td.BENIGN), tiny_tokenizer, tcfg)
+
+
+def test_recovery_row_supervises_only_the_answer_after_the_toxic_prefix(tiny_tokenizer):
+    prefix = "Climb up at night"
+    enc = td.encode_pair(_row(kind=td.RECOVERY, prefix=prefix, toxic=None), tiny_tokenizer, TrainingConfig())
+    assert enc["status"] == "ok"
+    on = _on(enc["pos_mask"])
+    supervised = tiny_tokenizer.decode(enc["pos_ids"][on[0] : on[-1]])
+    assert supervised.strip() == POSITIVE  # the prefix is context, never a target
+    assert prefix in tiny_tokenizer.decode(enc["pos_ids"][: on[0]])
+    assert sum(enc["tox_mask"]) == 0  # no unlikelihood tokens on a recovery row
+
+
+def test_ut_skip_openings_keeps_the_injected_opening_out_of_the_mask(tiny_tokenizer):
+    toxic = "Sure! " + TOXIC
+    row = _row(toxic=toxic)
+    with_opening = td.encode_pair(row, tiny_tokenizer, TrainingConfig(mask_mode="all"), toxic_openings=("Sure!",))
+    skipped = td.encode_pair(row, tiny_tokenizer, TrainingConfig(mask_mode="all", ut_skip_openings=True),
+                             toxic_openings=("Sure!",))  # fmt: skip
+    penalised = tiny_tokenizer.decode([skipped["tox_ids"][i] for i in _on(skipped["tox_mask"])])
+    assert "Sure" not in penalised and penalised.strip() == TOXIC.strip()
+    assert "Sure" in tiny_tokenizer.decode([with_opening["tox_ids"][i] for i in _on(with_opening["tox_mask"])])
+
+
+def test_mix_sets_the_shares_by_subsampling():
+    frame = pd.DataFrame({"id": [str(i) for i in range(100)],
+                          "kind": ["red_team"] * 20 + ["benign"] * 50 + ["everyday"] * 30})  # fmt: skip
+    out, stats = td.apply_mix(frame, {"red_team": 0.4, "benign": 0.2, "everyday": 0.4}, seed=0)
+    # red_team is the scarcest relative to its share: 20 / 0.4 = 50 rows in all
+    assert out["kind"].value_counts().to_dict() == {"red_team": 20, "benign": 10, "everyday": 20}
+    again, _ = td.apply_mix(frame, {"red_team": 0.4, "benign": 0.2, "everyday": 0.4}, seed=0)
+    assert again["id"].tolist() == out["id"].tolist()  # seeded
+    assert td.apply_mix(frame, None, 0)[0] is frame
+    assert stats["available"] == {"benign": 50, "everyday": 30, "red_team": 20}
+
+
+def test_recovery_rows_come_from_a_seeded_share_of_the_pairs():
+    pairs = pd.DataFrame({"id": [f"q{i}" for i in range(10)], "question": ["Q?"] * 10, "positive": ["No."] * 10,
+                          "toxic": ["one two three four five six"] * 10})  # fmt: skip
+    rows = td.recovery_rows(pairs, 0.5, max_words=3, seed=1)
+    assert len(rows) == 5 and set(rows["kind"]) == {td.RECOVERY}
+    assert all(1 <= len(p.split()) <= 3 for p in rows["prefix"])
+    assert all(i.endswith(":recovery") for i in rows["id"])
+    assert td.recovery_rows(pairs, 0.0, 3, 1).empty

@@ -1,0 +1,97 @@
+"""Training variants on the same refined data: what each ingredient of the default does.
+
+Takes a finished run (synthesis + refinement done, e.g. `runs/seeds/seed-0`), copies its data stages
+into one run directory per variant, trains PT-ALIGN there with the variant's training options and
+evaluates it with the run's evaluation config (base and MLE-only come from the finished run itself).
+
+    .venv/bin/python bench/variants.py --run runs/seeds/seed-0 --config runs/seeds/seed-0.yaml
+
+Writes bench/results-variants.json and prints a Markdown table (greedy ASR and ASR@k on the harmful
+sets, over-refusal on the benign sets, per evaluation judge). Numbers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+# name -> training overrides, each against the run's own config (the default)
+VARIANTS = {
+    "no_recovery": {"recovery_fraction": 0.0},
+    "ut_on_openings": {"ut_skip_openings": False},
+    "no_mix": {"mix": None},
+}
+
+
+def run_variant(base_run: Path, cfg: dict, name: str, overrides: dict, out_root: Path) -> Path:
+    run_dir = out_root / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stage in ("synthesis", "refinement"):
+        if not (run_dir / stage).exists():
+            shutil.copytree(base_run / stage, run_dir / stage)
+    vcfg = json.loads(json.dumps(cfg))
+    vcfg["training"] = {**vcfg.get("training", {}), **overrides, "ablation_mle_only": False}
+    vcfg["evaluation"] = {**vcfg.get("evaluation", {}), "models": ["ptalign"]}
+    cfg_path = out_root / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(vcfg, sort_keys=False))
+    with (out_root / f"{name}.log").open("w") as fh:
+        for cmd in ("train", "evaluate"):
+            subprocess.run([str(ROOT / ".venv/bin/ptalign"), cmd, "--config", str(cfg_path), "--run-dir", str(run_dir)],
+                           check=True, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    return run_dir
+
+
+def rates(run_dir: Path, model: str) -> dict:
+    """Greedy and sampled headline rates of one model, per judge and set."""
+    results = json.loads((run_dir / "evaluation" / "report.json").read_text())
+    out: dict = {}
+    for judge, metrics in results["metrics_by_judge"].items():
+        for set_name, entry in metrics["sets"].items():
+            for part in (entry, entry.get("sampled") or {}):
+                m = (part.get("models") or {}).get(model) or {}
+                for key in ("attack_success_rate", "asr_at_k", "over_refusal_rate", "refusal_per_sample"):
+                    if key in m and m[key].get("value") is not None:
+                        out[f"{judge}.{set_name}.{key}"] = round(m[key]["value"], 4)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="a finished run directory (the default config)")
+    ap.add_argument("--config", type=Path, required=True, help="the config that run used")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results-variants.json")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = ap.parse_args()
+    from synthesis_throughput import machine
+
+    cfg = yaml.safe_load(args.config.read_text())
+    out_root = args.run.parent / f"{args.run.name}-variants"
+    table = {"default (PT-ALIGN)": rates(args.run, "ptalign"), "MLE-only": rates(args.run, "mle_only"),
+             "base": rates(args.run, "base")}  # fmt: skip
+    seconds = {}
+    for name in args.variants:
+        t0 = time.perf_counter()
+        table[name] = rates(run_variant(args.run, cfg, name, VARIANTS[name], out_root), "ptalign")
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        print(f"[variants] {name} done in {seconds[name]:.0f}s", flush=True)
+    args.out.write_text(json.dumps({"run": str(args.run), "machine": machine(), "variants": VARIANTS,
+                                    "seconds": seconds, "rates": table}, indent=1))  # fmt: skip
+    keys = sorted(set().union(*table.values()))
+    print("| figure | " + " | ".join(table) + " |\n|---|" + "---|" * len(table))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{100 * table[v][k]:.1f}%" if k in table[v] else "-" for v in table) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
