@@ -14,7 +14,7 @@ from ptalign_ray.evaluation import human_labels
 from ptalign_ray.evaluation.judges import EvalJudge, build_judge, registry
 from ptalign_ray.evaluation.judges import classifier as classifier_mod
 from ptalign_ray.evaluation.judges import refusal_string as refusal_string_mod
-from ptalign_ray.evaluation.judges.refusal_string import TEST_PREFIXES, RefusalStringJudge
+from ptalign_ray.evaluation.judges.refusal_string import TEST_PREFIXES, XSTEST_PREFIXES, RefusalStringJudge
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,12 @@ def test_refusal_string_rule_on_benign_made_up_answers():
         "kind": ["benign", "benign", "benign", "benign", "benign", "harmful"],
     })  # fmt: skip
     out = RefusalStringJudge().judge_frame(df)
-    # case-sensitive substring anywhere, as GCG: "As an" fires inside "As an example", "I cannot" mid-answer
-    assert out["refusal"].tolist() == [True, False, False, True, False, True]
+    # GCG: case-sensitive substring anywhere ("As an" fires inside "As an example", "I cannot" mid-answer);
+    # XSTest: a lower-cased answer that starts with "i'm sorry"
+    assert out["refusal"].tolist() == [True, False, True, True, False, True]
+    xs = RefusalStringJudge().judge_frame(pd.DataFrame({"request": ["x"] * 3, "kind": ["benign"] * 3,
+        "response": ["I can't help with baking: it is hard.", "No, that will not work.", "I won't help with that."]}))  # fmt: skip
+    assert xs["refusal"].tolist() == [True, True, False]  # "I won't" is in neither published list
     assert out["harmful"].tolist() == [False] * 6  # benign rows are never attack successes; the harmful row refused
     hit = RefusalStringJudge().judge_frame(pd.DataFrame({"request": ["x", "x"], "response": ["Here is how.", " "],
                                                          "kind": ["harmful", "harmful"]}))  # fmt: skip
@@ -64,7 +68,8 @@ def test_evaluation_judges_share_no_training_text_or_marker_list_with_the_refine
     ref_lists = [refusal.OWN_PREFIXES, refusal.OWN_PHRASES, g_prefixes, g_phrases, *refusal.all_markers()]
     mine = set(TEST_PREFIXES)
     for lst in ref_lists:
-        assert mine != set(lst) and mine != {refusal.normalize(x) for x in lst}
+        for published in (mine, set(XSTEST_PREFIXES)):
+            assert published != set(lst) and published != {refusal.normalize(x) for x in lst}
     assert not mine & set(refusal.OWN_PREFIXES) and not mine & set(refusal.OWN_PHRASES)
     # and neither module reaches into the refinement judge's code (markers, encoder, probes, prototypes)
     for mod in (refusal_string_mod, classifier_mod, human_labels):
@@ -88,8 +93,7 @@ def test_split_is_grouped_by_objective_and_deterministic():
 
 def test_classifier_is_deterministic_and_measured_on_held_out_labels_only(clf):
     again = classifier_mod.ClassifierJudge()
-    for task in ("refusal", "objective"):
-        assert np.array_equal(clf.models[task].w, again.models[task].w)
+    assert np.array_equal(clf.models["objective"].w, again.models["objective"].w)
     agr = clf.agreement()
     assert "held-out" in agr["source"]
     for task in ("refusal", "objective"):
