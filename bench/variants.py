@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 # name -> training overrides, each against the run's own config (the default)
 VARIANTS = {
     "no_recovery": {"recovery_fraction": 0.0},
+    "more_everyday": {"mix": {"red_team": 0.25, "benign": 0.15, "everyday": 0.6}},
     "ut_on_openings": {"ut_skip_openings": False},
     "no_mix": {"mix": None},
 }

@@ -125,6 +125,12 @@ class SynthesisConfig(_Section):
         description="Also write the model's own answer to each bare red-team question; refinement uses it as the "
         "toxic sample when the judge finds it harmful, so unlikelihood pushes down what the model itself samples.",
     )
+    benign_refusals: bool = Field(
+        False,
+        description="Also write a refusal-primed answer (a positive opening, then the model) to every benign and "
+        "everyday question; training penalises it with the UT term next to the model's own helpful answer, so "
+        "declining an ordinary request becomes unlikely (the MLE-only ablation cannot use it).",
+    )
     few_shot_questions: int = Field(3, ge=0, description="Seed questions shown as examples.")
     dedup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates.")
     min_question_chars: PositiveInt = 15

@@ -22,6 +22,7 @@ def tiny_pipeline_config(model_dir: Path) -> dict:
         "synthesis": {
             "topics_per_domain": 3, "topic_samples": 1, "max_topics_per_domain": 1, "questions_per_topic": 3,
             "benign_questions_per_topic": 1, "everyday_questions_per_domain": 1, "own_answers": True,
+            "benign_refusals": True,
             "min_question_harm_prob": 0.01,  # the tiny model's harmless requests stand in for red-team ones
             "topic_sampling": {"temperature": 0.9, "max_tokens": 40},
             "question_sampling": {"temperature": 0.9, "max_tokens": 60},

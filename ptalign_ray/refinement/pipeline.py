@@ -36,7 +36,7 @@ from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
 from ptalign_ray.synthesis.pipeline import BENIGN_DIR, load_benign, load_triplets
 
 STAGE = "refinement"
-BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "score", "model", "config_hash"]
+BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "refusal", "score", "model", "config_hash"]
 POLARITIES = ("positive", "toxic")
 VERDICT_COLUMNS = ("harmful", "refusal", "score", "rationale", "categories", "on_topic", "error")
 COLUMNS = [
@@ -336,7 +336,9 @@ def _judge_benign(ray_data, cfg: PipelineConfig, url: str, benign: pd.DataFrame)
     (the answer is what the model already does - there is nothing to teach it by rewriting it)."""
     if benign.empty:
         return pd.DataFrame(columns=[*BENIGN_COLUMNS, "reason"])
-    df = benign.assign(polarity="benign")[["id", "kind", "domain", "topic", "question", "response", "polarity", "model"]]
+    if "refusal" not in benign:
+        benign = benign.assign(refusal=None)
+    df = benign.assign(polarity="benign")[["id", "kind", "domain", "topic", "question", "response", "refusal", "polarity", "model"]]
     return judge_frame(ray_data, df, url, cfg).drop(columns=["polarity"])
 
 

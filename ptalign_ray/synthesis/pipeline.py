@@ -50,12 +50,14 @@ COLUMNS = [
     "positive_tokens", "toxic_tokens", "positive_truncated", "toxic_truncated", "model", "config_hash",
 ]  # fmt: skip
 # kind: 'benign' (edgy: near a harm topic) or 'everyday' (a broad everyday subject of the seed file)
+# refusal: a refusal-primed answer to the benign question (synthesis.benign_refusals), else empty
 BENIGN_COLUMNS = [
-    "id", "kind", "domain", "topic", "question", "response", "response_tokens", "response_truncated", "model",
-    "config_hash",
+    "id", "kind", "domain", "topic", "question", "response", "refusal", "response_tokens", "response_truncated",
+    "model", "config_hash",
 ]  # fmt: skip
 RED_TEAM, BENIGN = "red_team", "benign"
 OWN = "own"  # polarity of the model's own answer to a bare red-team question
+REFUSAL = "refusal"  # polarity of a refusal-primed answer to a benign question
 BENIGN_DIR = "benign"  # next to data/, so readers of data/ see the triplets only
 
 
@@ -207,20 +209,23 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     answers (bare question, positive sampling) to benign ones. Returns (triplets, benign, stats)."""
     syn = cfg.synthesis
     params = {"positive": syn.positive_sampling.to_vllm(), "toxic": syn.toxic_sampling.to_vllm()}
-    params[BENIGN] = params[OWN] = params["positive"]
+    params[BENIGN] = params[OWN] = params[REFUSAL] = params["positive"]
     kinds = questions["kind"] if "kind" in questions else pd.Series(RED_TEAM, index=questions.index)
     red_sides = ("positive", "toxic", OWN) if syn.own_answers else ("positive", "toxic")
+    benign_sides = (BENIGN, REFUSAL) if syn.benign_refusals else (BENIGN,)
     rows = []
     for r, kind in zip(questions.itertuples(), kinds):
-        for p in red_sides if kind == RED_TEAM else (BENIGN,):
+        for p in red_sides if kind == RED_TEAM else benign_sides:
             rows.append({"id": r.id, "question": r.question, "polarity": p})
 
     def messages_of(r: dict) -> list[dict]:
-        if r["polarity"] in (BENIGN, OWN):  # the bare question: what the model itself does
+        if r["polarity"] in (BENIGN, OWN, REFUSAL):  # the bare question: what the model itself does
             return benign_answer_messages(r["question"])
         return response_messages(seeds, r["question"], r["polarity"])
 
     def prefix_of(r: dict) -> str:
+        if r["polarity"] == REFUSAL:  # the same refusal opening a red-team positive starts from
+            return seeds.opening_for(r["question"], "positive")
         return "" if r["polarity"] in (BENIGN, OWN) else seeds.opening_for(r["question"], r["polarity"])
 
     gen = generate(
@@ -234,7 +239,7 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     stats = token_stats(gen)
     out = gen.to_pandas()
     out["generated_text"] = out["generated_text"].str.strip()
-    red = out[out["polarity"] != BENIGN]
+    red = out[~out["polarity"].isin([BENIGN, REFUSAL])]
     wide = red.pivot(index="id", columns="polarity", values=["generated_text", "num_generated_tokens"])
     df = questions[kinds == RED_TEAM].drop(columns=["kind"], errors="ignore").set_index("id").join(
         pd.DataFrame(
@@ -261,8 +266,10 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     stats["triplets"] = len(df)
 
     answers = out[out["polarity"] == BENIGN].set_index("id")
+    refusals = out[out["polarity"] == REFUSAL].set_index("id")["generated_text"]
     benign = questions[kinds != RED_TEAM].drop(columns=["harm_prob"], errors="ignore").set_index("id").join(
-        pd.DataFrame({"response": answers["generated_text"], "response_tokens": answers["num_generated_tokens"].astype(int)}),
+        pd.DataFrame({"response": answers["generated_text"], "response_tokens": answers["num_generated_tokens"].astype(int),
+                      "refusal": refusals.reindex(answers.index)}),
         how="inner",
     ).reset_index() if len(answers) else pd.DataFrame(columns=BENIGN_COLUMNS)  # fmt: skip
     benign["response_truncated"] = benign["response_tokens"] >= params[BENIGN]["max_tokens"]

@@ -15,9 +15,11 @@ sample id. Some samples are dropped on purpose and counted instead:
 - ``dropped_overlong``: a sequence is longer than ``max_seq_len`` and ``overlong == 'drop'``.
 - ``dropped_truncated_empty``: ``overlong == 'truncate'`` cut away every supervised token of a side.
 
-Benign rows (the model's own answers to benign questions, from the stage's ``benign/`` folder) have
-no toxic side: their toxic sequence is the prompt alone with an all-zero UT mask, so they add MLE
-tokens only and anchor the helpful behaviour next to the refusals.
+Benign rows (the model's own answers to benign and everyday questions, from the stage's ``benign/``
+folder) anchor the helpful behaviour next to the refusals with MLE. With
+``synthesis.benign_refusals`` a benign row also carries a refusal-primed answer as its toxic side
+(UT on its tokens that the helpful answer does not share); without one, its toxic sequence is the
+prompt alone with an all-zero UT mask, so it adds MLE tokens only.
 
 Recovery rows (``training.recovery_fraction``, safety-recovery augmentation after Qi et al. 2024)
 put the first words of a toxic answer in front of the positive answer and supervise only the
@@ -120,9 +122,11 @@ def encode_pair(
     sid = str(row["id"])
     specials = special_ids(tokenizer) if specials is None else specials
     prompt = training_prompt(str(row["question"]))
-    if row.get("kind") in MLE_ONLY_KINDS:
+    toxic = row.get("toxic")
+    if row.get("kind") == RECOVERY or (row.get("kind") in MLE_ONLY_KINDS and not (isinstance(toxic, str) and toxic.strip())):
         prefix = str(row.get("prefix") or "") if row.get("kind") == RECOVERY else ""
         return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials, prefix)
+    # a red-team pair, or a benign question with a refusal-primed answer as its toxic side
     try:
         pos = encode_example(tokenizer, prompt, str(row["positive"]))
         tox = encode_example(tokenizer, prompt, str(row["toxic"]))
@@ -149,6 +153,8 @@ def encode_pair(
         cut = _prefix_end(tokenizer, prompt, tox, opening)
         tox_mask[:cut] = [False] * cut
     if not any(tox_mask):
+        if row.get("kind") in MLE_ONLY_KINDS:  # a benign answer stays in the anchor without its refusal
+            return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials)
         return {**out, "status": "dropped_empty_ut"}
 
     pos_ids, tox_ids = pos.input_ids, tox.input_ids
@@ -354,8 +360,9 @@ def prepare_training_data(
     cols = [c for c in (*REQUIRED_COLUMNS, JUDGE_SPANS_COLUMN) if c in df.columns]
     frame = df[cols].assign(kind="red_team")
     if len(benign):
-        extra = benign[["id", "question", "response", "kind"]].rename(columns={"response": "positive"})
-        frame = pd.concat([frame, extra.assign(toxic=None)], ignore_index=True)
+        extra = benign.reindex(columns=["id", "question", "response", "kind", "refusal"])
+        extra = extra.rename(columns={"response": "positive", "refusal": "toxic"})
+        frame = pd.concat([frame, extra], ignore_index=True)
     frame, mix_stats = apply_mix(frame, tcfg.mix, tcfg.seed)
     counts = frame["kind"].value_counts().to_dict()
     log(f"[training] data from the '{stage}' stage ({run.data_dir(stage)}): "

@@ -38,7 +38,8 @@ def make_synthesis(run: RunDir) -> pd.DataFrame:
                      "positive_truncated": False, "toxic_truncated": False, "model": "tiny", "config_hash": "syn0"})  # fmt: skip
     df = pd.DataFrame(rows)[SYN_COLUMNS]
     benign = pd.DataFrame(
-        [(question_id(q), "benign", "theft", "seed", q, a, 20, False, "tiny", "syn0") for q, a in BENIGN], columns=BENIGN_COLUMNS
+        [(question_id(q), "benign", "theft", "seed", q, a, REFUSAL, 20, False, "tiny", "syn0") for q, a in BENIGN],
+        columns=BENIGN_COLUMNS,
     )
     with run.building("synthesis") as tmp:
         write_parquet_atomic(df, tmp / "data" / "triplets.parquet")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def tiny_config(model_dir, **synthesis):
     syn = dict(
         topics_per_domain=4, topic_samples=1, max_topics_per_domain=2, questions_per_topic=3,
-        benign_questions_per_topic=2, everyday_questions_per_domain=2, own_answers=True,
+        benign_questions_per_topic=2, everyday_questions_per_domain=2, own_answers=True, benign_refusals=True,
         # the tiny model writes harmless "How can I fix the roof?" requests: a low bar lets the question
         # judge keep some as red-team, and its protective rule ("safely") still moves others to benign
         min_question_harm_prob=0.01,
@@ -69,11 +69,11 @@ def test_dataset_schema_and_counts(finished_run):
     assert screened["red_team"]["red_team"] == sc["questions_kept"] > 0
     assert 0 <= screened["red_team"]["harmful_share"] <= 1 and screened["red_team"]["per_domain"]
     assert (df["harm_prob"] >= cfg.synthesis.min_question_harm_prob).all()
-    # positive, toxic and the model's own answer per red-team question; one answer per benign question
-    assert steps["responses"]["rows"] == 3 * sc["questions_kept"] + sc["benign_questions_kept"] + sc["everyday_questions_kept"]
+    # positive, toxic and the model's own answer per red-team question; an answer and a refusal per benign one
+    assert steps["responses"]["rows"] == 3 * sc["questions_kept"] + 2 * (sc["benign_questions_kept"] + sc["everyday_questions_kept"])
     assert (df["own"].str.len() > 0).all()
     assert manifest["counts"]["triplets"] == len(df)
-    assert manifest["tokens"]["generated"] == sum(s["generated_tokens"] for s in steps.values())
+    assert manifest["tokens"]["generated"] == sum(s.get("generated_tokens", 0) for s in steps.values())
     assert manifest["seeds"]["total"] < 50
     assert manifest["versions"]["ray"] == "2.60.0"
 
@@ -97,6 +97,10 @@ def test_benign_questions_and_answers_are_stored_apart(finished_run):
     assert len(benign) == counts["benign_answers"] + counts["everyday_answers"]
     assert counts["benign_answers"] <= counts["benign_questions"] and counts["everyday_answers"] <= counts["everyday_questions"]
     assert set(benign["kind"]) <= {"benign", "everyday"} and counts["everyday_answers"] > 0
+    from ptalign_ray.seeds import load_seeds
+
+    seeds = load_seeds("default")
+    assert all(r.startswith(seeds.opening_for(q, "positive")) for q, r in zip(benign["question"], benign["refusal"]))
     assert (benign["response"].str.len() > 0).all() and (benign["response_tokens"] <= 24).all()
     assert not set(benign["question"]) & set(pipeline.load_triplets(run)["question"])  # deduplicated together
 

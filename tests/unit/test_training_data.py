@@ -221,3 +221,17 @@ def test_recovery_rows_come_from_a_seeded_share_of_the_pairs():
     assert all(1 <= len(p.split()) <= 3 for p in rows["prefix"])
     assert all(i.endswith(":recovery") for i in rows["id"])
     assert td.recovery_rows(pairs, 0.0, 3, 1).empty
+
+
+def test_benign_row_with_a_refusal_gets_ut_on_the_refusal_and_mle_on_the_answer(tiny_tokenizer):
+    refusal = "I can't help with roofs: call someone."
+    enc = td.encode_pair(_row(kind="everyday", toxic=refusal), tiny_tokenizer, TrainingConfig())
+    assert enc["status"] == "ok" and sum(enc["tox_mask"]) > 0
+    penalised = tiny_tokenizer.decode([enc["tox_ids"][i] for i in _on(enc["tox_mask"])])
+    assert "can't" in penalised  # the refusal's own words, absent from the helpful answer
+    on = _on(enc["pos_mask"])
+    assert tiny_tokenizer.decode(enc["pos_ids"][on[0] : on[-1]]) == POSITIVE
+    # without a refusal (or when it shares every token with the answer) the row is MLE-only
+    for toxic in (None, "", POSITIVE):
+        plain = td.encode_pair(_row(kind="everyday", toxic=toxic), tiny_tokenizer, TrainingConfig())
+        assert plain["status"] == "ok" and sum(plain["tox_mask"]) == 0
