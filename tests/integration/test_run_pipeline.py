@@ -44,7 +44,7 @@ def test_interrupted_run_resumes_at_the_unfinished_stage_and_completes(tmp_path,
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for(lambda: run.work_dir("refinement").exists(), proc, 600, "refinement started")
+            _wait_for(lambda: run.work_dir("refinement").exists(), proc, 1500, "refinement started")
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=120) == 130
         finally:
