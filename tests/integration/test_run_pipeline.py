@@ -32,6 +32,9 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> N
         time.sleep(1)
 
 
+# The whole pipeline three times on the tiny model (synthesis with its anchors, two trainings, three
+# models evaluated greedy + sampled under three judges): longer than the suite's 900 s default.
+@pytest.mark.timeout(2700)
 def test_interrupted_run_resumes_at_the_unfinished_stage_and_completes(tmp_path, tiny_model):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_pipeline_config(tiny_model)))
