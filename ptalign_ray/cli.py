@@ -7,6 +7,7 @@ exit with code 2 and a message that says what to fix; toxic text is never printe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,13 +37,31 @@ def _stage_context(args) -> tuple[PipelineConfig, RunDir, str]:
     cfg = _config(args.config)
     load_seeds(cfg.seeds)  # fail on a bad seed file before loading any model
     run = RunDir(args.run_dir)
+    _open_run_log(args.run_dir)
     model_path = resolve_model(cfg.model.name_or_path)
     init_ray(cfg.ray)
     return cfg, run, model_path
 
 
+_LOG_FILE: list = []  # the run directory's log (logs/ptalign.log), once a stage command opened it
+
+
 def _log(msg: str) -> None:
+    """The project's own console line, also appended to the run directory's log."""
     print(msg, flush=True)
+    for f in _LOG_FILE:
+        f.write(msg + "\n")
+        f.flush()
+
+
+def _open_run_log(run_dir: str) -> None:
+    if _LOG_FILE:
+        return
+    path = Path(run_dir) / "logs" / "ptalign.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _LOG_FILE.append(open(path, "a", encoding="utf-8"))
+    _log(f"[ptalign] {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv[1:])} (log: {path}; Ray's worker logs, "
+         "vLLM and Ray Train included, are in /tmp/ray/session_latest/logs; --verbose prints them here)")  # fmt: skip
 
 
 def _print_synthesis_summary(manifest: dict) -> None:
@@ -70,9 +89,12 @@ def _print_synthesis_summary(manifest: dict) -> None:
              f"everyday questions, {r['benign_answers']} answered by the model")  # fmt: skip
     for name in ("topics", "questions", "responses"):
         s = steps[name]
-        rate = s["generated_tokens"] / s["seconds"] if s.get("seconds") else 0.0
+        start = s.get("engine_start_s", 0.0)
+        work = s["seconds"] - start
+        rate = s["generated_tokens"] / work if work > 0 else 0.0
         resumed = " (resumed from checkpoint)" if s.get("resumed") else ""
-        _log(f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {s['seconds']:>6.1f}s ({rate:.0f} tok/s){resumed}")
+        started = f" + engine start {start:.1f}s" if start else ""
+        _log(f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {work:>6.1f}s ({rate:.0f} tok/s){started}{resumed}")
     _log(
         f"  total            : {manifest['tokens']['generated']} tokens, {manifest['wall_seconds']:.1f}s wall, "
         f"{manifest['generated_tokens_per_second']:.0f} tok/s"
@@ -177,9 +199,14 @@ def cmd_run(args) -> int:
         start = time.perf_counter()
         fn(args)
         seconds[name] = time.perf_counter() - start
+    from ptalign_ray.generation import ENGINE_STARTS, release_engines
+
+    release_engines()
     report = RunDir(args.run_dir).stage_dir("evaluation") / "report.html"
     per_stage = ", ".join(f"{name} {s:.0f}s" for name, s in seconds.items())
     _log(f"\n[run] all stages done in {time.perf_counter() - t0:.0f}s ({per_stage})")
+    starts = ", ".join(f"{Path(m).name} {s:.0f}s" for m, s in ENGINE_STARTS) or "none"
+    _log(f"[run] engine starts: {len(ENGINE_STARTS)} ({starts}); each model's engine is started once and reused")
     _log(f"[run] report: {report.resolve()}")
     if getattr(args, "serve", False):
         return cmd_serve(args)
@@ -197,6 +224,7 @@ def cmd_validate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptalign", description=__doc__.splitlines()[0])
+    p.add_argument("--verbose", "-v", action="store_true", help="also print Ray's, vLLM's and Ray Train's own output")
     sub = p.add_subparsers(dest="command", required=True)
 
     def stage(name: str, fn, help_: str):
@@ -236,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["PTALIGN_VERBOSE"] = "1"
     try:
         return args.fn(args)
     except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable, ExportRefused, ValueError) as err:

@@ -1,9 +1,10 @@
-"""The one module that touches vLLM (through Ray's LLM libraries or directly).
+"""The one module that touches vLLM (long-lived engine actors, Ray Serve LLM configs, or directly).
 
 vLLM and Ray LLM move fast and version skew is the most common failure in this ecosystem, so every
-engine argument, environment variable and processor option is decided here and nowhere else.
-Prompts arrive as token ids rendered by :mod:`ptalign_ray.chat_template`; Ray's own chat-template
-and tokenizer stages are switched off so there is exactly one rendering.
+engine argument and environment variable is decided here and nowhere else. Prompts arrive as token
+ids rendered by :mod:`ptalign_ray.chat_template`, so there is exactly one chat-template rendering.
+Batch generation (synthesis, refinement, evaluation) goes through :class:`EngineActor`: one engine
+per model, started once per process and fed by Ray Data (:mod:`ptalign_ray.generation`).
 """
 
 from __future__ import annotations
@@ -50,33 +51,6 @@ def _placement(engine: EngineConfig) -> Optional[dict]:
         workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
         return {"bundles": [{"CPU": engine.cpus_per_engine}] * workers}
     return None  # Ray LLM's GPU default: one GPU bundle per TP/PP worker
-
-
-def build_generation_processor(
-    model_path: str,
-    model: ModelConfig,
-    engine: EngineConfig,
-    preprocess: Callable[[dict], dict],
-    postprocess: Callable[[dict], dict],
-):
-    """A ray.data.llm processor: rows -> preprocess (must set tokenized_prompt, sampling_params)
-    -> vLLM engine actors -> postprocess (sees generated_text, num_generated_tokens, ...)."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-    cfg = vLLMEngineProcessorConfig(
-        model_source=model_path,
-        engine_kwargs=engine_kwargs(model, engine),
-        runtime_env={"env_vars": engine_env(engine)},
-        batch_size=engine.batch_size,
-        concurrency=engine.concurrency,
-        accelerator_type=engine.accelerator_type,
-        placement_group_config=_placement(engine),
-        chat_template_stage=False,
-        tokenize_stage=False,
-        detokenize_stage=False,
-        log_engine_metrics=False,
-    )
-    return build_processor(cfg, preprocess=preprocess, postprocess=postprocess)
 
 
 def sampling_params(params: dict) -> dict:
@@ -205,3 +179,79 @@ async def direct_async_generate(llm, prompt_ids: list[int], params: dict, reques
     async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), sp, request_id, lora_request=lora):
         final = out
     return final.outputs[0].text, len(final.outputs[0].token_ids)
+
+
+# -- long-lived engines -------------------------------------------------------------------------
+# One engine per model per process, started once and reused by every generation step (synthesis's
+# topics / questions / responses, refinement's rounds, evaluation of the same model): on the CPU
+# default an engine start costs ~45 s, more than most steps generate for.
+
+
+class EngineActor:
+    """A Ray actor around vLLM's AsyncLLM: concurrent ``generate`` calls (one per Ray Data batch)
+    share the engine's continuous batching, so several batches in flight keep it full."""
+
+    def __init__(self, model_path: str, model: ModelConfig, engine: EngineConfig):
+        self.args = (model_path, model, engine)
+        self.llm = None
+
+    async def start(self) -> float:
+        import time
+
+        t0 = time.perf_counter()
+        self.llm = direct_async_llm(*self.args)
+        # one token through the engine, so the first real batch does not pay for lazy set-up
+        await direct_async_generate(self.llm, [1, 2, 3], {"max_tokens": 1, "temperature": 0.0}, "warmup")
+        return time.perf_counter() - t0
+
+    async def generate(self, prompt_ids: list[list[int]], params: list[dict]) -> list[tuple[str, int]]:
+        import asyncio
+        import uuid
+
+        tag = uuid.uuid4().hex
+        jobs = [direct_async_generate(self.llm, ids, p, f"{tag}-{i}") for i, (ids, p) in enumerate(zip(prompt_ids, params))]
+        return list(await asyncio.gather(*jobs))
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+
+def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
+    """Resources of one engine actor: its CPU bundle on the CPU default, all its GPUs otherwise
+    (tensor/pipeline parallel within one node through vLLM's own multiprocessing executor)."""
+    workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
+    env = {"env_vars": engine_env(engine)}
+    if engine.device == "cpu":
+        return {"num_cpus": engine.cpus_per_engine * workers, "runtime_env": env, "max_concurrency": 1000}
+    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": workers, "runtime_env": env, "max_concurrency": 1000}
+    if engine.accelerator_type:
+        opts["accelerator_type"] = engine.accelerator_type
+    return opts
+
+
+def start_engine_actors(model_path: str, model: ModelConfig, engine: EngineConfig) -> tuple[list, float]:
+    """``engine.concurrency`` engine actors (the maximum of a [min, max] range), started in
+    parallel; returns (actor handles, seconds until all were ready)."""
+    import time
+
+    import ray
+
+    count = engine.concurrency if isinstance(engine.concurrency, int) else max(engine.concurrency)
+    t0 = time.perf_counter()
+    cls = ray.remote(EngineActor)
+    actors = [cls.options(**engine_actor_options(engine)).remote(model_path, model, engine) for _ in range(count)]
+    ray.get([a.start.remote() for a in actors])
+    return actors, time.perf_counter() - t0
+
+
+def stop_engine_actors(actors: list) -> None:
+    import ray
+
+    for actor in actors:
+        try:
+            ray.get(actor.shutdown.remote(), timeout=60)
+        except Exception:  # noqa: BLE001 - a dead actor is already stopped
+            pass
+        ray.kill(actor)

@@ -1,18 +1,49 @@
 """One generation pass over a Ray Dataset: rows -> chat messages -> vLLM -> rows with text.
 
 Shared by synthesis, refinement and evaluation so that every stage renders prompts the same way
-and records the same generation statistics.
+and records the same generation statistics. Ray Data renders the prompts and streams batches of
+``engine.batch_size`` rows to long-lived engine actors (:mod:`ptalign_ray.engine`): one engine per
+model per process, started on first use and reused by every later pass over the same model, so a
+step pays for generation, not for an engine start.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 from ptalign_ray.chat_template import load_tokenizer, render_ids
 from ptalign_ray.config import EngineConfig, ModelConfig
-from ptalign_ray.engine import build_generation_processor, sampling_params
+from ptalign_ray.engine import sampling_params, start_engine_actors, stop_engine_actors
 
-GEN_COLUMNS = ("generated_text", "num_generated_tokens", "num_input_tokens")
+# model path -> (engine config, actor handles); one model's engines at a time (bounded memory)
+_ENGINES: dict[str, tuple[EngineConfig, list]] = {}
+# engine starts of this process: (model path, seconds), read into stage time budgets
+ENGINE_STARTS: list[tuple[str, float]] = []
+
+
+def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig) -> list:
+    """The running engine actors of this model, started (and other models' stopped) when needed."""
+    held = _ENGINES.get(model_path)
+    if held is not None and held[0] == engine:
+        return held[1]
+    release_engines()
+    actors, seconds = start_engine_actors(model_path, model, engine)
+    _ENGINES[model_path] = (engine, actors)
+    ENGINE_STARTS.append((model_path, round(seconds, 2)))
+    return actors
+
+
+def release_engines() -> None:
+    """Stops every engine this process started (their CPUs / GPUs and KV cache go back to Ray)."""
+    while _ENGINES:
+        _, (_, actors) = _ENGINES.popitem()
+        stop_engine_actors(actors)
+
+
+def engine_start_seconds(since: int = 0) -> float:
+    """Seconds spent starting engines since ``ENGINE_STARTS[since]`` (for a step's time budget)."""
+    return round(sum(s for _, s in ENGINE_STARTS[since:]), 2)
 
 
 def generate(
@@ -32,51 +63,71 @@ def generate(
     parameters of a row; ``prefix_of(row)``, when given, the text the answer starts from (it is
     part of generated_text). All run inside Ray workers, so they must be picklable.
     """
+    import ray
+    import ray.data
+
     trust = model.trust_remote_code
     max_len = model.max_model_len
 
-    def render(row: dict) -> dict:
-        prefix = prefix_of(row) if prefix_of else ""
-        ids = render_ids(load_tokenizer(model_path, trust), messages_of(row), response_prefix=prefix)
-        params = sampling_params(sampling_of(row))
-        # Never ask for more tokens than the context leaves; vLLM would reject the row.
-        params["max_tokens"] = max(1, min(int(params["max_tokens"]), max_len - len(ids)))
-        out = {k: row[k] for k in keep}
-        return {**out, "response_prefix": prefix, "tokenized_prompt": ids, "sampling_params": params}
-
-    def postprocess(row: dict) -> dict:
-        out = {k: row[k] for k in keep}
-        out["generated_text"] = (row.get("response_prefix") or "") + (row.get("generated_text") or "")
-        out["num_generated_tokens"] = int(row.get("num_generated_tokens") or 0)
-        out["num_input_tokens"] = int(row.get("num_input_tokens") or 0)
-        out["prompt_too_long"] = False
+    def answer(batch):
+        """Renders a batch (one chat template for every stage) and sends it to one engine actor;
+        prompts that leave no room to generate never reach the engine (vLLM would fail the whole
+        batch): they come back with empty text and prompt_too_long=True for the caller to count."""
+        tok = load_tokenizer(model_path, trust)
+        rows = batch.to_dict("records")
+        prefixes = [prefix_of(r) if prefix_of else "" for r in rows]
+        ids = [render_ids(tok, messages_of(r), response_prefix=pre) for r, pre in zip(rows, prefixes)]
+        fits = [len(p) < max_len - 1 for p in ids]
+        todo = [i for i, ok in enumerate(fits) if ok]
+        params = []
+        for i in todo:
+            p = sampling_params(sampling_of(rows[i]))
+            p["max_tokens"] = max(1, min(int(p["max_tokens"]), max_len - len(ids[i])))  # never past the context
+            params.append(p)
+        got: list = [("", 0)] * len(rows)
+        if todo:
+            # the engine is chosen by the batch's first prompt: batches spread over the actors
+            actor = actors[hash(tuple(ids[todo[0]][-8:])) % len(actors)]
+            for i, res in zip(todo, ray.get(actor.generate.remote([ids[i] for i in todo], params))):
+                got[i] = res
+        out = batch[list(keep)].copy()
+        out["generated_text"] = [pre + text if ok else "" for pre, (text, _), ok in zip(prefixes, got, fits)]
+        out["num_generated_tokens"] = [int(n) for _, n in got]
+        out["num_input_tokens"] = [len(p) for p in ids]
+        out["prompt_too_long"] = [not ok for ok in fits]
         return out
 
-    def skipped(row: dict) -> dict:
-        out = {k: row[k] for k in keep}
-        out.update(generated_text="", num_generated_tokens=0, num_input_tokens=len(row["tokenized_prompt"]))
-        out["prompt_too_long"] = True
-        return out
-
-    # Prompts that leave no room to generate never reach the engine (vLLM would fail the whole
-    # batch); they come back with empty text and prompt_too_long=True for the caller to count.
-    def fits(row: dict) -> bool:
-        return len(row["tokenized_prompt"]) < max_len - 1
-
-    rendered = ds.map(render).materialize()
-    too_long = rendered.filter(lambda r: not fits(r)).map(skipped)
-    processor = build_generation_processor(model_path, model, engine, lambda row: row, postprocess)
-    return processor(rendered.filter(fits)).union(too_long)
+    actors = engines_for(model_path, engine, model)
+    # One Ray Data operator: tasks render and wait on the engines (no CPU of their own; a few
+    # batches in flight per engine keep its continuous batching full).
+    return ds.map_batches(
+        answer, batch_size=engine.batch_size, batch_format="pandas", num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=4 * len(actors)),
+    )  # fmt: skip
 
 
 def token_stats(ds) -> dict[str, int]:
-    """Row count and token totals of a materialised generation output."""
-    rows = ds.count()
-    if rows == 0:
-        return {"rows": 0, "input_tokens": 0, "generated_tokens": 0, "prompts_too_long": 0}
+    """Row count and token totals of a generation output (a Dataset, read once, or a DataFrame)."""
+    import pandas as pd
+
+    df = ds if isinstance(ds, pd.DataFrame) else ds.to_pandas()
     return {
-        "rows": rows,
-        "input_tokens": int(ds.sum("num_input_tokens")),
-        "generated_tokens": int(ds.sum("num_generated_tokens")),
-        "prompts_too_long": int(ds.sum("prompt_too_long")),
+        "rows": len(df),
+        "input_tokens": int(df["num_input_tokens"].sum()) if len(df) else 0,
+        "generated_tokens": int(df["num_generated_tokens"].sum()) if len(df) else 0,
+        "prompts_too_long": int(df["prompt_too_long"].sum()) if len(df) else 0,
     }
+
+
+def timed_generation(fn: Callable[[], tuple]) -> Callable[[], tuple]:
+    """Wraps a step so its stats say how much of its time was engine start (its time budget)."""
+
+    def run():
+        first, t0 = len(ENGINE_STARTS), time.perf_counter()
+        *out, stats = fn()
+        start = engine_start_seconds(first)
+        stats["engine_start_s"] = start
+        stats["generation_s"] = round(time.perf_counter() - t0 - start, 2)
+        return (*out, stats)
+
+    return run

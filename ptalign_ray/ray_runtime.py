@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from ptalign_ray.config import RayConfig
 
@@ -15,12 +16,27 @@ LOCAL_ENV = {
 }
 
 
-def init_ray(cfg: RayConfig, quiet: bool = False):
-    """Connects to Ray once per process: a local instance on 127.0.0.1 unless an address is given."""
+def verbose() -> bool:
+    """``ptalign --verbose`` (or PTALIGN_VERBOSE=1): Ray's and vLLM's own output reaches the console."""
+    return os.environ.get("PTALIGN_VERBOSE", "0") not in ("", "0", "false")
+
+
+def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
+    """Connects to Ray once per process: a local instance on 127.0.0.1 unless an address is given.
+
+    Unless verbose, the console gets the project's own lines only: worker output (vLLM, Ray Train
+    reports) stays in Ray's log files, Ray Data logs at WARNING, and progress bars are drawn only
+    on a terminal (never dumped into a CI log or a job log).
+    """
+    import logging
+    import sys
+
     import ray
 
     if ray.is_initialized():
         return ray
+    if quiet is None:
+        quiet = not verbose()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=not quiet)
@@ -43,6 +59,9 @@ def init_ray(cfg: RayConfig, quiet: bool = False):
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
+    if not verbose():  # after `import ray.data`, which configures its own loggers
+        for name in ("ray.data", "ray.train", "ray.serve", "ray.tune", "vllm"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return ray

@@ -171,18 +171,25 @@ class StepTimer:
 
     @contextmanager
     def step(self, name: str) -> Iterator[dict[str, Any]]:
+        from ptalign_ray.generation import ENGINE_STARTS, engine_start_seconds
+
         record: dict[str, Any] = {}
-        t0 = time.perf_counter()
+        t0, starts = time.perf_counter(), len(ENGINE_STARTS)
         try:
             yield record
         finally:
             record["seconds"] = round(time.perf_counter() - t0, 2)
+            # the step's share of engine start-up (0 when an engine started earlier was reused)
+            record["engine_start_s"] = engine_start_seconds(starts)
             self.steps[name] = record
+
+    def time_budget(self) -> dict[str, Any]:
+        """Where the stage's wall time went: engine starts, each step's own work, the rest."""
+        start = round(sum(s.get("engine_start_s", 0.0) for s in self.steps.values()), 2)
+        work = {n: round(s["seconds"] - s.get("engine_start_s", 0.0), 2) for n, s in self.steps.items()}
+        other = round(self.wall_seconds - start - sum(work.values()), 2)
+        return {"wall_s": self.wall_seconds, "engine_start_s": start, "steps_s": work, "other_s": other}
 
     @property
     def wall_seconds(self) -> float:
         return round(time.perf_counter() - self.started, 2)
-
-
-def optional_int(value: Optional[int]) -> int:
-    return int(value or 0)

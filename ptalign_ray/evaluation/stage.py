@@ -3,7 +3,7 @@
 1. select the prompts of every configured set (seeded sample per set) and drop those that overlap
    the seeds or the synthesised / refined training questions (:mod:`.overlap`);
 2. one generation pass per model over ALL selected prompts together (one vLLM engine start per
-   model, Ray Data + ray.data.llm, the same sampling for every model): every prompt greedy, plus a
+   model, Ray Data + the model's vLLM engine, the same sampling for every model): every prompt greedy, plus a
    seeded subset answered k times with sampled decoding, as rows of the same dataset
    (:mod:`.sampled`); checkpointed per model so an interrupted stage resumes without regenerating
    finished models;
@@ -93,11 +93,11 @@ def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> 
     """One generation pass of one model over every row (greedy and sampled; Ray Data + vLLM), in rid order."""
     import ray.data as ray_data
 
-    from ptalign_ray.generation import generate, token_stats
+    from ptalign_ray.generation import ENGINE_STARTS, engine_start_seconds, generate, token_stats
 
     greedy = cfg.evaluation.sampling.to_vllm()
     sampled = cfg.evaluation.sampled.sampling()
-    t0 = time.perf_counter()
+    t0, starts = time.perf_counter(), len(ENGINE_STARTS)
     ds = ray_data.from_items([{"rid": r, "sample": int(k), "prompt": p} for r, k, p in zip(rows["rid"], rows["sample"], rows["prompt"])])
     gen = generate(
         ds, model_path, cfg.model, cfg.engine,
@@ -107,9 +107,11 @@ def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> 
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     out = gen.to_pandas().set_index("rid").loc[rows["rid"]].reset_index()
-    seconds = time.perf_counter() - t0
+    start = engine_start_seconds(starts)  # 0 when the engine of this model was already running
+    seconds = time.perf_counter() - t0 - start
     stats.update(
         seconds=round(seconds, 2),
+        engine_start_s=start,
         prompts_per_s=round(len(out) / seconds, 3) if seconds else None,
         generated_tokens_per_s=round(stats["generated_tokens"] / seconds, 1) if seconds else None,
         greedy_rows=int((rows["sample"] < 0).sum()),
@@ -315,6 +317,14 @@ def evaluate(
         data.append(df.assign(model=name))
     data = pd.concat(data, ignore_index=True)
     results["wall_seconds"] = round(time.perf_counter() - t_stage, 2)
+    fresh = [g for g in gen_stats.values() if not g.get("resumed")]
+    engine_s = round(sum(g.get("engine_start_s", 0.0) for g in fresh), 2)
+    generation_s = round(sum(g["seconds"] for g in fresh), 2)
+    judging_s = round(sum(j.get("seconds", 0.0) for m in judge_stats.values() for j in m.values()
+                          if isinstance(j, dict) and not j.get("resumed")) + sum(construct_s.values()), 2)  # fmt: skip
+    results["time_budget"] = {"wall_s": results["wall_seconds"], "engine_start_s": engine_s, "generation_s": generation_s,
+                              "judging_s": judging_s,
+                              "other_s": round(results["wall_seconds"] - engine_s - generation_s - judging_s, 2)}  # fmt: skip
     with run.building(STAGE) as tmp:
         write_parquet_atomic(data, tmp / "data" / "generations.parquet")
         files = write_report(results, tmp, run)
@@ -327,6 +337,7 @@ def evaluate(
                         "sampled_prompts": len(sampled_ids), "sampled_answers_per_model": len(rows) - len(prompts)},  # fmt: skip
             "generation": gen_stats,
             "judging": judge_stats | {"construct_seconds": construct_s},
+            "time_budget": results["time_budget"],
             "judges": {j: {t: {k: a.get(k) for k in ("n", "accuracy", "accuracy_ci")} for t, a in i["agreement"].items()
                            if isinstance(a, dict)} for j, i in judge_info.items()},  # fmt: skip
             "headline_judge": head,
@@ -428,7 +439,14 @@ def print_evaluation_summary(manifest: dict, log: Callable[[str], None] = print)
             f"{g['generated_tokens_per_s']} tok/s){how}")  # fmt: skip
     for name, reason in manifest.get("models_skipped", {}).items():
         log(f"  skipped          : {name} ({reason})")
-    log(f"  wall time        : {manifest['wall_seconds']:.1f}s")
+    log(f"  wall time        : {manifest['wall_seconds']:.1f}s{_budget_text(manifest.get('time_budget'))}")
+
+
+def _budget_text(budget: Optional[dict]) -> str:
+    if not budget:
+        return ""
+    parts = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f}s" for k, v in budget.items() if k != "wall_s")
+    return f" ({parts})"
 
 
 def _pct(v) -> str:

@@ -319,6 +319,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
         "tokens": {"generated": generated},
         "steps": timer.steps,
         "wall_seconds": timer.wall_seconds,
+        "time_budget": timer.time_budget(),
         "config": cfg.model_dump(mode="json", include={"judge", "refinement"}),
         "versions": versions(),
     }

@@ -4,7 +4,7 @@ With ``synthesis.benign_questions_per_topic`` the same passes also write benign 
 topic and the model's own answers to them (the helpful behaviour training must keep), stored apart
 in ``benign/benign.parquet``.
 
-Each step is a Ray Dataset transformation (vLLM generation through ray.data.llm, list parsing with
+Each step is a Ray Dataset transformation (vLLM generation on the run's long-lived engine, list parsing with
 flat_map, dedup with groupby / a single-block map_batches). The output of the topic and question
 steps is checkpointed in the run's work folder, so an interrupted stage resumes at the first
 unfinished step; the finished stage is renamed into place atomically.
@@ -356,6 +356,7 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
             "input": sum(s.get("input_tokens", 0) for s in timer.steps.values()),
         },
         "wall_seconds": timer.wall_seconds,
+        "time_budget": timer.time_budget(),
         "generated_tokens_per_second": round(generated / max(timer.wall_seconds, 1e-9), 1),
         "config": cfg.model_dump(mode="json", include={"model", "synthesis", "engine", "seed"}),
         "versions": versions(),

@@ -176,6 +176,7 @@ def train_stage(
     if result.checkpoint is None:
         raise RuntimeError(f"[{stage}] Ray Train finished without a final checkpoint in {work}")
 
+    merge_seconds = 0.0
     with result.checkpoint.as_directory() as ckpt, run.building(stage) as tmp:
         ckpt = Path(ckpt)
         state = json.loads((ckpt / STATE_FILE).read_text())
@@ -186,7 +187,9 @@ def train_stage(
             outputs["adapter"] = "adapter"
             if tcfg.merge_adapter:
                 log(f"[{stage}] merging the adapter into the base weights")
+                t_merge = time.perf_counter()
                 merge_adapter(model_path, tmp / "adapter", tmp / "merged", cfg.model.trust_remote_code)
+                merge_seconds = time.perf_counter() - t_merge
                 outputs["merged"] = "merged"
         else:
             shutil.copytree(ckpt / FULL_MODEL_DIR, tmp / "merged")
@@ -212,11 +215,24 @@ def train_stage(
             "outputs": outputs,
             "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
             "wall_seconds": round(train_seconds, 2),
+            # Ray Train's fit (worker start, data, steps, checkpoints) vs the steps themselves
+            "time_budget": {"fit_s": round(train_seconds, 2), "steps_s": round(_steps_seconds(history), 2),
+                            "merge_s": round(merge_seconds, 2)},  # fmt: skip
             "config": cfg.model_dump(mode="json", include={"model", "training", "seed"}),
             "versions": versions(),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _steps_seconds(history: list[dict]) -> float:
+    """Optimizer-step time from the logged windows (each: mean step time x steps in the window)."""
+    total, last = 0.0, 0
+    for rec in history:
+        if "step_time_s" in rec:
+            total += rec["step_time_s"] * (rec["step"] - last)
+            last = rec["step"]
+    return total
 
 
 def _fmt(value, spec: str = ".4f") -> str:

