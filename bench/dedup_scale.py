@@ -17,7 +17,14 @@ from synthesis_throughput import machine, report
 
 from ptalign_ray.synthesis.dedup import near_duplicate_mask, rouge_l_f1, tokenize
 
-STARTS = ["How can I", "What is the best way to", "Where can I", "Is it possible to", "Tell me how to", "Explain how to"]
+STARTS = [
+    "How can I",
+    "What is the best way to",
+    "Where can I",
+    "Is it possible to",
+    "Tell me how to",
+    "Explain how to",
+]
 
 
 def questions(n: int, seed: int = 0) -> list[str]:
@@ -33,7 +40,9 @@ def questions(n: int, seed: int = 0) -> list[str]:
             words[rng.randrange(len(words))] = rng.choice(nouns)
             out.append(" ".join(words))
         else:
-            out.append(f"{rng.choice(STARTS)} {rng.choice(verbs)} the {rng.choice(nouns)} of my {rng.choice(nouns)} {rng.choice(mods)}?")
+            out.append(
+                f"{rng.choice(STARTS)} {rng.choice(verbs)} the {rng.choice(nouns)} of my {rng.choice(nouns)} {rng.choice(mods)}?"
+            )
     return out
 
 

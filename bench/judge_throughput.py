@@ -24,7 +24,10 @@ ANSWERS = [
 
 def items(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": f"How do I fix {rng.choice(SUBJECTS)} quickly? ({i})", "response": rng.choice(ANSWERS)} for i in range(n)]
+    return [
+        {"prompt": f"How do I fix {rng.choice(SUBJECTS)} quickly? ({i})", "response": rng.choice(ANSWERS)}
+        for i in range(n)
+    ]
 
 
 def main() -> None:

@@ -59,7 +59,9 @@ def figures(run_dir: Path) -> dict[str, float]:
                 for key in ("attack_success_rate", "asr_at_k", "over_refusal_rate", "refusal_per_sample"):
                     if pair.get(key, {}).get("value") is not None:
                         out[f"judge.{judge}.{set_name}.{key}.ptalign_minus_mle_only"] = pair[key]["value"]
-                        out[f"judge.{judge}.{set_name}.{key}.ptalign_minus_mle_only_excludes_zero"] = float(pair[key]["excludes_zero"])
+                        out[f"judge.{judge}.{set_name}.{key}.ptalign_minus_mle_only_excludes_zero"] = float(
+                            pair[key]["excludes_zero"]
+                        )
     for stage in ("synthesis", "refinement", "training", "training_mle_only", "evaluation"):
         path = run_dir / stage / "manifest.json"
         if path.is_file():
@@ -89,8 +91,14 @@ def main() -> int:
     ap.add_argument("--config", type=Path, default=ROOT / "configs/default.yaml")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/seeds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results-seeds.json")
-    ap.add_argument("--add-run", nargs=2, action="append", default=[], metavar=("SEED", "RUN_DIR"),
-                    help="include an already finished run of the same config (e.g. a fresh clone's `make run`)")
+    ap.add_argument(
+        "--add-run",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SEED", "RUN_DIR"),
+        help="include an already finished run of the same config (e.g. a fresh clone's `make run`)",
+    )
     args = ap.parse_args()
     from synthesis_throughput import machine
 
@@ -142,7 +150,11 @@ def headline_table(summary: dict, judges: tuple[str, ...] = ("classifier", "refu
                 continue
             diff = summary.get(f"{base}.ptalign_minus_mle_only")
             excl = summary.get(f"{base}.ptalign_minus_mle_only_excludes_zero")
-            d = "-" if diff is None else f"{100 * diff['mean']:+.1f} pp ({round(excl['mean'] * excl['n'])} of {excl['n']})"
+            d = (
+                "-"
+                if diff is None
+                else f"{100 * diff['mean']:+.1f} pp ({round(excl['mean'] * excl['n'])} of {excl['n']})"
+            )
             lines.append(f"| {label} | {judge} | {cell(base + '.base')} | {cell(base + '.mle_only')} | "
                          f"{cell(base + '.ptalign')} | {d} |")  # fmt: skip
     return "\n".join(lines)

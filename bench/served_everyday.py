@@ -50,7 +50,18 @@ def main() -> int:
     from ptalign_ray.evaluation.judges.refusal_string import is_refusal
 
     port = free_port()
-    cmd = [sys.executable, "-m", "ptalign_ray", "serve", "--config", args.config, "--run-dir", args.run_dir, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ptalign_ray",
+        "serve",
+        "--config",
+        args.config,
+        "--run-dir",
+        args.run_dir,
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     t0 = time.perf_counter()
     try:
@@ -73,7 +84,10 @@ def main() -> int:
                                                    messages=[{"role": "user", "content": prompt}])  # fmt: skip
                 text = r.choices[0].message.content or ""
                 answers.append({"model": model, "prompt": prompt, "answer": text, "refusal_string": is_refusal(text)})
-                print(f"--- {model} | {prompt}\n{text}\n(refusal by the published strings: {is_refusal(text)})", flush=True)
+                print(
+                    f"--- {model} | {prompt}\n{text}\n(refusal by the published strings: {is_refusal(text)})",
+                    flush=True,
+                )
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

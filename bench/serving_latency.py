@@ -86,7 +86,9 @@ def bench_adapter(run_dir: Path, model_path: str, model_name: str, work: Path) -
 
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        peft = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+        peft = get_peft_model(
+            base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+        )
         with torch.no_grad():  # small weights: same compute as a trained adapter, coherent output
             for name, p in peft.named_parameters():
                 if "lora_B" in name:
@@ -94,7 +96,9 @@ def bench_adapter(run_dir: Path, model_path: str, model_name: str, work: Path) -
         with run.building("training") as tmp:
             peft.save_pretrained(tmp / "adapter")
             merge_adapter(model_path, tmp / "adapter", tmp / "merged")
-            write_json_atomic(tmp / "manifest.json", {"stage": "training", "model": model_name, "model_path": model_path})
+            write_json_atomic(
+                tmp / "manifest.json", {"stage": "training", "model": model_name, "model_path": model_path}
+            )
     return work, "benchmark adapter (r=16, all-linear, random small weights; same shape as training's)"
 
 
@@ -174,7 +178,9 @@ def main() -> None:
     from ptalign_ray.serving.app import start_serving
 
     model_path = resolve_model(EMBEDDED_MODEL)
-    run_dir, adapter_source = bench_adapter(Path(args.run_dir), model_path, EMBEDDED_MODEL, ptalign_home() / "bench-serving-run")
+    run_dir, adapter_source = bench_adapter(
+        Path(args.run_dir), model_path, EMBEDDED_MODEL, ptalign_home() / "bench-serving-run"
+    )
     adapter = run_dir / "training" / "adapter"
     rank = int(json.loads((adapter / "adapter_config.json").read_text())["r"])
     cfg = parse_config(

@@ -111,8 +111,12 @@ def main() -> None:
                      "tok_per_s_end_to_end": round(direct_tokens / (init_s + gen_s), 1),
                      "tok_per_s_steady": round(direct_tokens / gen_s, 1)},
     )  # fmt: skip
-    results["ratio_end_to_end"] = round(results["ray_data"]["tok_per_s_end_to_end"] / results["direct_vllm"]["tok_per_s_end_to_end"], 3)
-    results["ratio_steady"] = round(results["ray_data"]["tok_per_s_steady"] / results["direct_vllm"]["tok_per_s_steady"], 3)
+    results["ratio_end_to_end"] = round(
+        results["ray_data"]["tok_per_s_end_to_end"] / results["direct_vllm"]["tok_per_s_end_to_end"], 3
+    )
+    results["ratio_steady"] = round(
+        results["ray_data"]["tok_per_s_steady"] / results["direct_vllm"]["tok_per_s_steady"], 3
+    )
     report(results, args.out)
 
 

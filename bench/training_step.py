@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -29,7 +28,6 @@ _TOXIC = "Preheat the oven to {i} degrees, whisk the batter until smooth and bak
 
 def machine() -> dict:
     import torch
-
     from synthesis_throughput import machine as describe
 
     return {"machine": describe(), "torch_threads": torch.get_num_threads()}
@@ -155,7 +153,9 @@ def main() -> None:
         "ratios": {
             "ut_overhead_per_token": round(overhead, 4),
             "dual_tokens_per_s_vs_hf": round(vs_hf, 4),
-            "mle_only_tokens_per_s_vs_hf": round(results["mle_only"]["tokens_per_s"] / results["hf_sft"]["tokens_per_s"], 4),
+            "mle_only_tokens_per_s_vs_hf": round(
+                results["mle_only"]["tokens_per_s"] / results["hf_sft"]["tokens_per_s"], 4
+            ),
         },
         "targets": {"ut_overhead_per_token <= 0.10": overhead <= 0.10, "dual_tokens_per_s_vs_hf >= 0.9": vs_hf >= 0.9},
     }

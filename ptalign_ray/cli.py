@@ -78,7 +78,9 @@ def _print_synthesis_summary(manifest: dict) -> None:
         f"prompts ({q['near_duplicates_dropped']} near-duplicates removed)"
     )
     r = steps["responses"]
-    _log(f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty")
+    _log(
+        f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty"
+    )
     red = (sc.get("by_kind") or {}).get("red_team")
     if red:
         _log(f"  question judge   : {red.get('red_team', 0)} of {red['generated']} red-team questions judged harmful "
@@ -94,7 +96,9 @@ def _print_synthesis_summary(manifest: dict) -> None:
         rate = s["generated_tokens"] / work if work > 0 else 0.0
         resumed = " (resumed from checkpoint)" if s.get("resumed") else ""
         started = f" + engine start {start:.1f}s" if start else ""
-        _log(f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {work:>6.1f}s ({rate:.0f} tok/s){started}{resumed}")
+        _log(
+            f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {work:>6.1f}s ({rate:.0f} tok/s){started}{resumed}"
+        )
     _log(
         f"  total            : {manifest['tokens']['generated']} tokens, {manifest['wall_seconds']:.1f}s wall, "
         f"{manifest['generated_tokens_per_second']:.0f} tok/s"
@@ -120,18 +124,27 @@ def _print_refinement_summary(manifest: dict) -> None:
         passed = ", ".join(f"{p} {c['passed']}/{c['total']}" for p, c in r["pass"].items())
         extra = f"; {r['failing']} failing, {r['candidates']} candidates, {r['fixed']} fixed" if r["round"] else ""
         _log(f"  round {r['round']}          : pass {passed}{extra} ({r['seconds']:.1f}s)")
-    _log(f"  kept             : {q['kept']} of {q['questions']} questions ({q['kept_rate']:.0%}) with a passing positive AND toxic")
+    _log(
+        f"  kept             : {q['kept']} of {q['questions']} questions ({q['kept_rate']:.0%}) with a passing positive AND toxic"
+    )
     if q["drop_reasons"]:
         _log("  dropped          : " + "; ".join(f"{k} x{v}" for k, v in q["drop_reasons"].items()))
-    _log("  per domain       : " + ", ".join(f"{d} {c['kept']}/{c['kept'] + c['dropped']}" for d, c in q["per_domain"].items()))
+    _log(
+        "  per domain       : "
+        + ", ".join(f"{d} {c['kept']}/{c['kept'] + c['dropped']}" for d, c in q["per_domain"].items())
+    )
     b = q.get("benign") or {}
     if b.get("total"):
         why = "; ".join(f"{k} x{v}" for k, v in b["drop_reasons"].items()) or "none dropped"
         by_kind = ", ".join(f"{v} {k}" for k, v in (b.get("kept_by_kind") or {}).items())
-        _log(f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful){f' ({by_kind})' if by_kind else ''}; {why}")
+        _log(
+            f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful){f' ({by_kind})' if by_kind else ''}; {why}"
+        )
     own = q.get("own_answers") or {}
     if own.get("own_answers"):
-        _log(f"  own answers      : {own['own_harmful']} of {own['own_answers']} judged harmful, used as the toxic sample")
+        _log(
+            f"  own answers      : {own['own_harmful']} of {own['own_answers']} judged harmful, used as the toxic sample"
+        )
     _log(f"  wall time        : {manifest['wall_seconds']:.1f}s, {manifest['tokens']['generated']} tokens generated")
 
 
@@ -141,7 +154,9 @@ def cmd_refine(args) -> int:
     cfg, run, model_path = _stage_context(args)
     manifest = refine(cfg, run, model_path, judge_url=getattr(args, "judge_url", None), force=args.force, log=_log)
     _print_refinement_summary(manifest)
-    _log(f"  output           : {run.stage_dir('refinement') / 'data'} (quality: {run.stage_dir('refinement') / 'quality.json'})")
+    _log(
+        f"  output           : {run.stage_dir('refinement') / 'data'} (quality: {run.stage_dir('refinement') / 'quality.json'})"
+    )
     return 0
 
 
@@ -165,7 +180,9 @@ def cmd_evaluate(args) -> int:
     manifest = evaluate(cfg, run, model_path, force=args.force, log=_log)
     print_evaluation_summary(manifest, _log)
     out = run.stage_dir("evaluation")
-    _log(f"  report           : {out / 'report.html'} ({out / 'report.md'}, {out / 'report.json'}, plots in {out / 'plots'})")
+    _log(
+        f"  report           : {out / 'report.html'} ({out / 'report.md'}, {out / 'report.json'}, plots in {out / 'plots'})"
+    )
     return 0
 
 
@@ -194,7 +211,12 @@ def cmd_run(args) -> int:
     same config is skipped, so a run interrupted anywhere resumes at the first unfinished stage."""
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    for name, fn in (("synthesize", cmd_synthesize), ("refine", cmd_refine), ("train", cmd_train), ("evaluate", cmd_evaluate)):
+    for name, fn in (
+        ("synthesize", cmd_synthesize),
+        ("refine", cmd_refine),
+        ("train", cmd_train),
+        ("evaluate", cmd_evaluate),
+    ):
         _log(f"\n[run] stage {name}")
         start = time.perf_counter()
         fn(args)
@@ -239,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = stage("refine", cmd_refine, "judge every sample on Ray Serve; revise / resample failures for K rounds")
     r.add_argument("--judge-url", default=None, help="use a running judge endpoint instead of starting one")
     stage("train", cmd_train, "dual instruction tuning (MLE + token-level unlikelihood) on Ray Train")
-    stage("evaluate", cmd_evaluate, "base vs MLE-only vs PT-ALIGN on HarmBench / AdvBench / jailbreaks / over-refusal; report")
+    stage(
+        "evaluate",
+        cmd_evaluate,
+        "base vs MLE-only vs PT-ALIGN on HarmBench / AdvBench / jailbreaks / over-refusal; report",
+    )
     e = sub.add_parser("export", help="refined dataset as JSONL: sft (positives) or preference (needs --include-toxic)")
     e.add_argument("--run-dir", "-r", default="runs/default")
     e.add_argument("--format", choices=["sft", "preference"], default="sft")
@@ -254,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=None, help="override serving.port (default 8000)")
     sv.set_defaults(fn=cmd_serve)
     rn = stage("run", cmd_run, "the whole pipeline, resuming at the first unfinished stage")
-    rn.add_argument("--serve", action="store_true", help="serve the aligned model and the judge when done (Ctrl-C stops)")
+    rn.add_argument(
+        "--serve", action="store_true", help="serve the aligned model and the judge when done (Ctrl-C stops)"
+    )
     rn.set_defaults(mode=None, host=None, port=None, judge_url=None)
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
     v.add_argument("--config", "-c", default=None)
@@ -268,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PTALIGN_VERBOSE"] = "1"
     try:
         return args.fn(args)
-    except (ConfigError, SeedError, FileNotFoundError, StageConfigMismatch, JudgeUnavailable, ExportRefused, ValueError) as err:
+    except (
+        ConfigError,
+        SeedError,
+        FileNotFoundError,
+        StageConfigMismatch,
+        JudgeUnavailable,
+        ExportRefused,
+        ValueError,
+    ) as err:
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

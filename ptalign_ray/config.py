@@ -103,7 +103,9 @@ class SynthesisConfig(_Section):
         description="Everyday requests the model writes per everyday subject of the seed file (0 = none), answered "
         "by the model itself and trained with MLE only: the general helpfulness anchor.",
     )  # fmt: skip
-    everyday_samples: PositiveInt = Field(1, description="Independent samples of the everyday request list per subject.")
+    everyday_samples: PositiveInt = Field(
+        1, description="Independent samples of the everyday request list per subject."
+    )
     question_priming: bool = Field(
         True,
         description="Start each red-team question list from a seed question as item 1 (the model continues in that "
@@ -132,7 +134,9 @@ class SynthesisConfig(_Section):
         "declining an ordinary request becomes unlikely (the MLE-only ablation cannot use it).",
     )
     few_shot_questions: int = Field(3, ge=0, description="Seed questions shown as examples.")
-    dedup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates.")
+    dedup_threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates."
+    )
     min_question_chars: PositiveInt = 15
     max_question_chars: PositiveInt = 300
     topic_sampling: SamplingConfig = SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=160)
@@ -254,7 +258,9 @@ class ServingConfig(_Section):
         "mode each one is its own engine; in 'lora' mode they share one.",
     )
     base_model_name: Optional[str] = Field(
-        None, pattern=r"^[A-Za-z0-9_./-]+$", description="API name of the base model; None = derived from the model path."
+        None,
+        pattern=r"^[A-Za-z0-9_./-]+$",
+        description="API name of the base model; None = derived from the model path.",
     )
     api_key_env: Optional[str] = Field(None, description="Env var holding the bearer token (never the key itself).")
     api_key_file: Optional[str] = Field(None, description="File holding the bearer token (first line).")
@@ -407,7 +413,9 @@ class EvaluationConfig(_Section):
     bootstrap_samples: PositiveInt = Field(1000, description="Percentile-bootstrap resamples for every interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the bootstrap intervals.")
     overlap_threshold: float = Field(
-        0.7, gt=0.0, le=1.0,
+        0.7,
+        gt=0.0,
+        le=1.0,
         description="ROUGE-L F1 at or above which an evaluation prompt counts as a near-duplicate of a seed or "
         "training question (excluded from the metrics).",
     )

@@ -10,7 +10,7 @@ per model, started once per process and fed by Ray Data (:mod:`ptalign_ray.gener
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ptalign_ray.config import EngineConfig, ModelConfig
 
@@ -156,7 +156,9 @@ def serve_llm_config(
     return cfg
 
 
-def direct_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, lora_rank: Optional[int] = None, max_loras: int = 1):
+def direct_async_llm(
+    model_path: str, model: ModelConfig, engine: EngineConfig, lora_rank: Optional[int] = None, max_loras: int = 1
+):
     """An in-process vLLM AsyncLLM with the arguments the Serve deployments get (serving benchmark's
     baseline: the same engine without Ray Serve, HTTP or the ingress in front)."""
     os.environ.update(engine_env(engine))
@@ -169,7 +171,9 @@ def direct_async_llm(model_path: str, model: ModelConfig, engine: EngineConfig, 
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **kwargs))
 
 
-async def direct_async_generate(llm, prompt_ids: list[int], params: dict, request_id: str, lora=None) -> tuple[str, int]:
+async def direct_async_generate(
+    llm, prompt_ids: list[int], params: dict, request_id: str, lora=None
+) -> tuple[str, int]:
     """One request through an in-process AsyncLLM, final output only (as a non-streaming HTTP call)."""
     from vllm import SamplingParams, TokensPrompt
     from vllm.sampling_params import RequestOutputKind
@@ -209,7 +213,9 @@ class EngineActor:
         import uuid
 
         tag = uuid.uuid4().hex
-        jobs = [direct_async_generate(self.llm, ids, p, f"{tag}-{i}") for i, (ids, p) in enumerate(zip(prompt_ids, params))]
+        jobs = [
+            direct_async_generate(self.llm, ids, p, f"{tag}-{i}") for i, (ids, p) in enumerate(zip(prompt_ids, params))
+        ]
         return list(await asyncio.gather(*jobs))
 
     def shutdown(self) -> None:

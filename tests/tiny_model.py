@@ -78,7 +78,7 @@ def _build(out: Path, seed: int = 0, steps: int = 250) -> None:
     ids = [tok(c, add_special_tokens=False)["input_ids"] for c in corpus]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         batch = rng.sample(ids, 16)
         width = max(len(b) for b in batch)
         x = torch.full((len(batch), width), tok.pad_token_id)

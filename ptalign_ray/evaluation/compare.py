@@ -46,7 +46,9 @@ def inter_judge(frames: dict[str, pd.DataFrame]) -> dict:
     return out
 
 
-def disagreements(metrics_by_judge: dict[str, dict], agreement: dict[str, dict], headline: str, models: list[str]) -> list[dict]:
+def disagreements(
+    metrics_by_judge: dict[str, dict], agreement: dict[str, dict], headline: str, models: list[str]
+) -> list[dict]:
     """Greedy headline rates where another judge differs from the headline judge beyond their errors."""
     out = []
     head = metrics_by_judge[headline]["sets"]

@@ -23,8 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
 from ptalign_ray.models import package_dir
 
 TASKS = {"refusal": "refusal_scorer", "objective": "objective"}

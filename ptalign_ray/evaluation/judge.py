@@ -23,7 +23,13 @@ import time
 
 import pandas as pd
 
-from ptalign_ray.evaluation.human_labels import SOURCE, agreement_stats, classification_metrics, labelled, read_labelled_csv
+from ptalign_ray.evaluation.human_labels import (
+    SOURCE,
+    agreement_stats,
+    classification_metrics,
+    labelled,
+    read_labelled_csv,
+)
 from ptalign_ray.judging.refusal import detect_refusal
 
 __all__ = ["EvaluationJudge", "classification_metrics", "read_labelled_csv"]

@@ -209,7 +209,9 @@ def summarize(
         if judged[m]["uid"].tolist() != first["uid"].tolist():
             raise ValueError(f"model {m!r} was judged on other items than {models[0]!r}")
     values = {m: item_values(judged[m]) for m in models}
-    absent = {n for n, col in (("explicit_refusal_rate", "marker_refusal"), ("relevance", "relevance")) if col not in first}
+    absent = {
+        n for n, col in (("explicit_refusal_rate", "marker_refusal"), ("relevance", "relevance")) if col not in first
+    }
     out: dict = {"sets": {}, "overall": {}}
 
     def block(mask: np.ndarray, pairs: bool = False) -> dict:
@@ -224,8 +226,13 @@ def summarize(
         if reference in models:
             res["diff_vs_" + reference] = {
                 m: {
-                    name: paired_diff_ci(values[reference].loc[mask, name].to_numpy(), values[m].loc[mask, name].to_numpy(),
-                                         samples, confidence, seed)  # fmt: skip
+                    name: paired_diff_ci(
+                        values[reference].loc[mask, name].to_numpy(),
+                        values[m].loc[mask, name].to_numpy(),
+                        samples,
+                        confidence,
+                        seed,
+                    )  # fmt: skip
                     for name in names
                 }
                 for m in models

@@ -76,9 +76,11 @@ def overlap_report(df, references: dict[str, Sequence[str]], threshold: float) -
     for name in names:
         all_refs.extend(references[name])
         source_of.extend([name] * len(references[name]))
-    matches = find_overlaps(df["request"].tolist(), all_refs, threshold) if all_refs else [
-        {"match": None, "rouge_l": 0.0, "ref": None} for _ in range(len(df))
-    ]
+    matches = (
+        find_overlaps(df["request"].tolist(), all_refs, threshold)
+        if all_refs
+        else [{"match": None, "rouge_l": 0.0, "ref": None} for _ in range(len(df))]
+    )
     excluded = [m["match"] is not None for m in matches]
     per_set: dict[str, dict] = {}
     for (set_name, rid), m in zip(zip(df["set"], df["id"]), matches):
@@ -86,7 +88,9 @@ def overlap_report(df, references: dict[str, Sequence[str]], threshold: float) -
         s["prompts"] += 1
         if m["match"]:
             s[m["match"]] += 1
-            s["excluded_ids"].append({"id": rid, "match": m["match"], "rouge_l": m["rouge_l"], "source": source_of[m["ref"]]})
+            s["excluded_ids"].append(
+                {"id": rid, "match": m["match"], "rouge_l": m["rouge_l"], "source": source_of[m["ref"]]}
+            )
     report = {
         "method": f"normalised exact match, or ROUGE-L F1 >= {threshold} on word tokens, between each evaluation "
         "request (jailbreaks: the wrapped request) and every seed / synthesised / refined question",

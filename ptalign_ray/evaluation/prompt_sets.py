@@ -216,7 +216,11 @@ def render_template(value: str, request: str) -> str:
 def build_jailbreak(cfg: EvaluationConfig, seed: int) -> pd.DataFrame:
     """``cfg.jailbreak_samples`` seeded (harmful request, template) pairs: HarmBench + AdvBench requests,
     each template used at most once while there are enough templates."""
-    templates = [t for t in load_jailbreak_templates(cfg.jailbreak_templates) if len(t["value"]) <= cfg.jailbreak_max_template_chars]
+    templates = [
+        t
+        for t in load_jailbreak_templates(cfg.jailbreak_templates)
+        if len(t["value"]) <= cfg.jailbreak_max_template_chars
+    ]
     if not templates:
         raise ValueError(
             f"no jailbreak template is at most evaluation.jailbreak_max_template_chars={cfg.jailbreak_max_template_chars} "

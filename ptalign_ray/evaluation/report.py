@@ -64,7 +64,11 @@ def _fmt_diff(metric: str, stats: dict) -> str:
 def _metric_table(entry: dict, models: list[str], reference: str, conf: int) -> dict:
     names = list(next(iter(entry["models"].values())).keys())
     diff = entry.get(f"diff_vs_{reference}", {})
-    header = ["metric", *[f"{LABELS.get(m, m)} ({conf}% CI)" for m in models], *[f"{LABELS.get(m, m)} - {LABELS.get(reference, reference)}" for m in diff]]
+    header = [
+        "metric",
+        *[f"{LABELS.get(m, m)} ({conf}% CI)" for m in models],
+        *[f"{LABELS.get(m, m)} - {LABELS.get(reference, reference)}" for m in diff],
+    ]
     rows = []
     for name in names:
         row = [METRIC_NAMES.get(name, name), *[_fmt(name, entry["models"][m][name]) for m in models]]
@@ -90,8 +94,8 @@ def _sampled_blocks(entry: dict, models: list[str], conf: int) -> list[dict]:
 
 def _pair_blocks(entry: dict, conf: int) -> list[dict]:
     rows = []
-    for where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
-        for key, pair in (block.get("pairs") or {}).items():
+    for _where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
+        for _key, pair in (block.get("pairs") or {}).items():
             for metric, st in pair.items():
                 if metric in ("a", "b"):
                     continue
@@ -99,8 +103,10 @@ def _pair_blocks(entry: dict, conf: int) -> list[dict]:
                              str(st["n"]), _fmt_diff(metric, st)])  # fmt: skip
     if not rows:
         return []
-    return [{"type": "p", "text": f"Every pair of models (paired bootstrap, {conf}% CI):"},
-            {"type": "table", "header": ["pair", "metric", "prompts", "difference"], "rows": rows}]
+    return [
+        {"type": "p", "text": f"Every pair of models (paired bootstrap, {conf}% CI):"},
+        {"type": "table", "header": ["pair", "metric", "prompts", "difference"], "rows": rows},
+    ]
 
 
 def _other_judges(results: dict, set_name: str, models: list[str]) -> list[dict]:
@@ -114,13 +120,19 @@ def _other_judges(results: dict, set_name: str, models: list[str]) -> list[dict]
             if not e:
                 continue
             keys = [k for k in ("attack_success_rate", "over_refusal_rate") if k in e["models"][models[0]]]
-            skeys = [k for k in ("asr_at_k", "refusal_per_sample") if e.get("sampled") and k in e["sampled"]["models"][models[0]]]
+            skeys = [
+                k
+                for k in ("asr_at_k", "refusal_per_sample")
+                if e.get("sampled") and k in e["sampled"]["models"][models[0]]
+            ]
             for k in keys:
                 rows.append([jname, METRIC_NAMES[k], *[_fmt(k, e["models"][m][k]) for m in models]])
             for k in skeys:
                 rows.append([jname, METRIC_NAMES[k], *[_fmt(k, e["sampled"]["models"][m][k]) for m in models]])
-        out += [{"type": "p", "text": "The same rates under every judge:"},
-                {"type": "table", "header": ["judge", "metric", *[LABELS.get(m, m) for m in models]], "rows": rows}]
+        out += [
+            {"type": "p", "text": "The same rates under every judge:"},
+            {"type": "table", "header": ["judge", "metric", *[LABELS.get(m, m) for m in models]], "rows": rows},
+        ]
     kap = ((results.get("judge_comparison") or {}).get("inter_judge") or {}).get(set_name) or {}
     rows = [[kind, k["label"], pair, str(st["n"]), "-" if st["kappa"] is None else f"{st['kappa']:.2f}",
              "-" if st["agreement"] is None else f"{100 * st['agreement']:.0f}%"]
@@ -161,8 +173,13 @@ def shows_and_limits(results: dict) -> list[str]:
         mine = (j.get(task) or {}).get("accuracy")
         for other, info in (results.get("judges") or {}).items():
             o = (info.get("agreement") or {}).get(task) or {}
-            if other != head and mine is not None and o.get("accuracy_ci") and o["accuracy_ci"][0] is not None \
-                    and o["accuracy_ci"][0] > mine:
+            if (
+                other != head
+                and mine is not None
+                and o.get("accuracy_ci")
+                and o["accuracy_ci"][0] is not None
+                and o["accuracy_ci"][0] > mine
+            ):
                 out.append(f"**Weaker headline judge for {what}.** `{other}` agrees better with human labels on this task "
                            f"({100 * o['accuracy']:.0f}% on {o['n']} vs {100 * mine:.0f}%): read its {what} numbers "
                            "next to the headline ones (they are in every set's 'same rates under every judge' table).")  # fmt: skip
@@ -177,7 +194,7 @@ def shows_and_limits(results: dict) -> list[str]:
     if "ptalign" in models and "mle_only" in models:
         zero, clear = [], []
         for name, entry in met["sets"].items():
-            for where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
+            for _where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
                 found = _pair_of(block, "mle_only", "ptalign")
                 if not found:
                     continue
@@ -222,9 +239,13 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
                  if results["models_skipped"] else "") + "."})  # fmt: skip
     s = results["sampling"]
     smp = results.get("sampled") or {}
-    sampled_txt = (f" A seeded subset of {smp.get('prompts', 0)} prompts is also answered k = {smp.get('k')} times with "
-                   f"sampled decoding (temperature {smp.get('temperature')}, top_p {smp.get('top_p')}, max_tokens "
-                   f"{smp.get('max_tokens')}) in the same generation pass." if smp.get("prompts") else " No sampled decoding.")
+    sampled_txt = (
+        f" A seeded subset of {smp.get('prompts', 0)} prompts is also answered k = {smp.get('k')} times with "
+        f"sampled decoding (temperature {smp.get('temperature')}, top_p {smp.get('top_p')}, max_tokens "
+        f"{smp.get('max_tokens')}) in the same generation pass."
+        if smp.get("prompts")
+        else " No sampled decoding."
+    )
     B.append({"type": "p", "text": f"Every model answers the same prompts through the same Ray Data + vLLM path with "
               f"the same greedy decoding (temperature {s['temperature']}, max_tokens {s['max_tokens']}).{sampled_txt} Intervals: "
               f"{conf}% percentile bootstrap over prompts ({metrics['bootstrap']['samples']} resamples, seed "
@@ -291,7 +312,10 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
         if cats:
             key = "attack_success_rate" if "harmful" in entry["kind"] else "over_refusal_rate"
             header = ["category", "n", *[LABELS.get(m, m) for m in models]]
-            crow = [[c, str(e["evaluated"]), *[_fmt(key, e["models"][m].get(key, {})) for m in models]] for c, e in cats.items()]
+            crow = [
+                [c, str(e["evaluated"]), *[_fmt(key, e["models"][m].get(key, {})) for m in models]]
+                for c, e in cats.items()
+            ]
             B.append({"type": "p", "text": f"Per category ({METRIC_NAMES[key]}):"})
             B.append({"type": "table", "header": header, "rows": crow})
     for kind, entry in metrics.get("overall", {}).items():
@@ -330,11 +354,11 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
         B.append({"type": "p", "text": "No training metrics in this run directory."})
     for variant, t in (results.get("training") or {}).items():
         summ = t.get("summary") or {}
-        f, l = summ.get("first", {}), summ.get("final", {})
-        if f and l:
+        f, last = summ.get("first", {}), summ.get("final", {})
+        if f and last:
             B.append({"type": "p", "text": f"{LABELS.get(variant, variant)} (alpha {t.get('alpha')}, {t.get('steps')} steps): "
-                      f"L_MLE {f.get('mle', float('nan')):.3f} -> {l.get('mle', float('nan')):.3f}, toxic-token probability "
-                      f"{f.get('toxic_prob', float('nan')):.3f} -> {l.get('toxic_prob', float('nan')):.3f}."})  # fmt: skip
+                      f"L_MLE {f.get('mle', float('nan')):.3f} -> {last.get('mle', float('nan')):.3f}, toxic-token probability "
+                      f"{f.get('toxic_prob', float('nan')):.3f} -> {last.get('toxic_prob', float('nan')):.3f}."})  # fmt: skip
     if "refinement" in images:
         B.append({"type": "img", "src": images["refinement"], "alt": "refinement pass rates"})
     ref_info = results.get("refinement")
@@ -429,7 +453,11 @@ def _plt():
 def plot_rates(results: dict, path: Path) -> Optional[Path]:
     """Bars per set and model: ASR on harmful sets, over-refusal and non-refusal on benign sets, with CIs."""
     panels = []
-    for metric, kind in (("attack_success_rate", "harmful"), ("over_refusal_rate", "benign"), ("helpful_rate", "benign")):
+    for metric, kind in (
+        ("attack_success_rate", "harmful"),
+        ("over_refusal_rate", "benign"),
+        ("helpful_rate", "benign"),
+    ):
         sets = [n for n, e in results["metrics"]["sets"].items() if kind in e["kind"]]
         if sets:
             panels.append((metric, sets))
@@ -481,13 +509,15 @@ def plot_pairs(results: dict, path: Path) -> Optional[Path]:
     plt = _plt()
     colors = {"attack_success_rate": "#c0392b", "asr_at_k": "#8e44ad", "over_refusal_rate": "#2e86c1"}
     fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(items) + 1.2))
-    for y, (label, st, metric) in enumerate(reversed(items)):
+    for y, (_label, st, metric) in enumerate(reversed(items)):
         v, lo, hi = (100 * st[k] for k in ("value", "ci_low", "ci_high"))
         ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]], fmt="o", color=colors[metric], capsize=2, ms=4)
     ax.axvline(0, color="#444", lw=0.8)
     ax.set_yticks(range(len(items)))
     ax.set_yticklabels([i[0] for i in reversed(items)], fontsize=7)
-    ax.set_xlabel("difference, percentage points (later model minus earlier; lower ASR / over-refusal is better)", fontsize=8)
+    ax.set_xlabel(
+        "difference, percentage points (later model minus earlier; lower ASR / over-refusal is better)", fontsize=8
+    )
     ax.set_title(f"paired differences per set ({results.get('headline_judge', '')} judge)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -512,7 +542,13 @@ def plot_training(training: dict, path: Path) -> Optional[Path]:
                 ax.plot(*zip(*pts), label=f"{LABELS.get(variant, variant)} train", color=COLORS.get(variant))
             hpts = [(h["step"], h[f"holdout_{k}"]) for h in held if h.get(f"holdout_{k}") is not None]
             if hpts:
-                ax.plot(*zip(*hpts), "o--", label=f"{LABELS.get(variant, variant)} held-out", color=COLORS.get(variant), alpha=0.6)
+                ax.plot(
+                    *zip(*hpts),
+                    "o--",
+                    label=f"{LABELS.get(variant, variant)} held-out",
+                    color=COLORS.get(variant),
+                    alpha=0.6,
+                )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import pandas as pd
@@ -36,7 +35,15 @@ from ptalign_ray.evaluation.judges import build_judge
 from ptalign_ray.evaluation.overlap import overlap_report
 from ptalign_ray.evaluation.prompt_sets import SOURCES, select_prompts
 from ptalign_ray.evaluation.sampled import generation_rows, sampled_uids
-from ptalign_ray.runs import MANIFEST, RunDir, checkpointed, finished_stage, versions, write_json_atomic, write_parquet_atomic
+from ptalign_ray.runs import (
+    MANIFEST,
+    RunDir,
+    checkpointed,
+    finished_stage,
+    versions,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 STAGE = "evaluation"
 TRAINED = {"ptalign": "training", "mle_only": "training_mle_only"}
@@ -63,7 +70,9 @@ def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[d
         manifest = run.manifest(stage)
         merged = run.stage_dir(stage) / "merged"
         if not (merged / "config.json").is_file():
-            skipped[name] = f"{stage}/ has no merged weights (training.merge_adapter: false?); evaluation uses merged weights"
+            skipped[name] = (
+                f"{stage}/ has no merged weights (training.merge_adapter: false?); evaluation uses merged weights"
+            )
             continue
         models[name] = {"path": str(merged), "source": f"{stage}/merged",
                         "identity": {stage: manifest.get("config_hash"), "model": cfg.model.model_dump(mode="json")}}  # fmt: skip
@@ -98,7 +107,9 @@ def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> 
     greedy = cfg.evaluation.sampling.to_vllm()
     sampled = cfg.evaluation.sampled.sampling()
     t0, starts = time.perf_counter(), len(ENGINE_STARTS)
-    ds = ray_data.from_items([{"rid": r, "sample": int(k), "prompt": p} for r, k, p in zip(rows["rid"], rows["sample"], rows["prompt"])])
+    ds = ray_data.from_items(
+        [{"rid": r, "sample": int(k), "prompt": p} for r, k, p in zip(rows["rid"], rows["sample"], rows["prompt"])]
+    )
     gen = generate(
         ds, model_path, cfg.model, cfg.engine,
         messages_of=lambda r: [{"role": "user", "content": r["prompt"]}],
@@ -210,7 +221,11 @@ def evaluate(
 
         df, stats = checkpointed(work, f"generations_{name}", ghash, compute)
         generations[name], gen_stats[name] = df, stats
-        how = "resumed from checkpoint" if stats.get("resumed") else f"{stats['seconds']:.1f}s, {stats['prompts_per_s']} rows/s"
+        how = (
+            "resumed from checkpoint"
+            if stats.get("resumed")
+            else f"{stats['seconds']:.1f}s, {stats['prompts_per_s']} rows/s"
+        )
         log(f"[evaluation] {label}: {stats['rows']} answers, {stats['generated_tokens']} tokens, "
             f"{stats['prompts_too_long']} rows too long for the context ({how})")  # fmt: skip
 
@@ -264,7 +279,10 @@ def evaluate(
     reference = "base" if "base" in models else next(iter(models))
     metrics_by_judge = {}
     for jname in ecfg.judges:
-        greedy = {m: df[df["sample"] < 0].drop(columns=["rid", "sample"]).reset_index(drop=True) for m, df in judged[jname].items()}
+        greedy = {
+            m: df[df["sample"] < 0].drop(columns=["rid", "sample"]).reset_index(drop=True)
+            for m, df in judged[jname].items()
+        }
         sampled = {m: df[df["sample"] >= 0].reset_index(drop=True) for m, df in judged[jname].items()}
         metrics_by_judge[jname] = summarize(greedy, ecfg.bootstrap_samples, ecfg.confidence, cfg.seed, reference=reference,
                                             sampled=sampled)  # fmt: skip
@@ -289,8 +307,15 @@ def evaluate(
         "stage": STAGE,
         "config_hash": chash,
         "run_dir": str(run.root),
-        "models": {n: {"label": MODEL_LABELS.get(n, n), "source": i["source"], "generation": gen_stats[n],
-                       "judging": judge_stats[n]} for n, i in models.items()},  # fmt: skip
+        "models": {
+            n: {
+                "label": MODEL_LABELS.get(n, n),
+                "source": i["source"],
+                "generation": gen_stats[n],
+                "judging": judge_stats[n],
+            }
+            for n, i in models.items()
+        },  # fmt: skip
         "models_skipped": skipped,
         "reference_model": reference,
         "sampling": ecfg.sampling.model_dump(mode="json"),
@@ -302,7 +327,9 @@ def evaluate(
         "judges": judge_info,
         "judge_comparison": comparison,
         "overlap": overlap,
-        "benign_refusal_examples": _benign_examples({m: df[df["sample"] < 0] for m, df in judged[head].items()}, prompts),
+        "benign_refusal_examples": _benign_examples(
+            {m: df[df["sample"] < 0] for m, df in judged[head].items()}, prompts
+        ),
         "training": _training_info(run),
         "refinement": _refinement_info(run),
         "config": ecfg.model_dump(mode="json"),
@@ -333,13 +360,24 @@ def evaluate(
             "config_hash": chash,
             "models": list(models),
             "models_skipped": skipped,
-            "prompts": {"selected": len(selected), "excluded_overlap": overlap["excluded_total"], "generated_per_model": len(prompts),
-                        "sampled_prompts": len(sampled_ids), "sampled_answers_per_model": len(rows) - len(prompts)},  # fmt: skip
+            "prompts": {
+                "selected": len(selected),
+                "excluded_overlap": overlap["excluded_total"],
+                "generated_per_model": len(prompts),
+                "sampled_prompts": len(sampled_ids),
+                "sampled_answers_per_model": len(rows) - len(prompts),
+            },  # fmt: skip
             "generation": gen_stats,
             "judging": judge_stats | {"construct_seconds": construct_s},
             "time_budget": results["time_budget"],
-            "judges": {j: {t: {k: a.get(k) for k in ("n", "accuracy", "accuracy_ci")} for t, a in i["agreement"].items()
-                           if isinstance(a, dict)} for j, i in judge_info.items()},  # fmt: skip
+            "judges": {
+                j: {
+                    t: {k: a.get(k) for k in ("n", "accuracy", "accuracy_ci")}
+                    for t, a in i["agreement"].items()
+                    if isinstance(a, dict)
+                }
+                for j, i in judge_info.items()
+            },  # fmt: skip
             "headline_judge": head,
             "report": files,
             "headline": headline(metrics, list(models)),

@@ -87,7 +87,9 @@ def is_llama_guard(model_path: str, tokenizer) -> bool:
 class LLMJudge:
     """Judges with a chat model in-process through the project's vLLM module."""
 
-    def __init__(self, cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None):
+    def __init__(
+        self, cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+    ):
         from ptalign_ray.engine import direct_llm
         from ptalign_ray.models import resolve_model
 
@@ -98,7 +100,9 @@ class LLMJudge:
         self.model_path = path
         self.tokenizer = load_tokenizer(path)
         self.guard = is_llama_guard(path, self.tokenizer)
-        self.llm = direct_llm(path, ModelConfig(name_or_path=path, max_model_len=cfg.max_model_len), engine or EngineConfig())
+        self.llm = direct_llm(
+            path, ModelConfig(name_or_path=path, max_model_len=cfg.max_model_len), engine or EngineConfig()
+        )
 
     def _messages(self, prompt: str, response: str) -> list[dict]:
         if self.guard:

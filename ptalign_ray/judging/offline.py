@@ -206,6 +206,7 @@ class OfflineJudge:
 
     def describe(self) -> dict:
         """Settings and training provenance, for run manifests and benchmark reports."""
+
         def count(examples: list[Example]) -> dict[str, int]:
             sources: dict[str, int] = {}
             for e in examples:

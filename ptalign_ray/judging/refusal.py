@@ -113,8 +113,18 @@ class RefusalMatch:
     kind: Optional[str] = None  # "prefix" or "phrase"
 
 
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": "'", "\u201c": '"', "\u201d": '"',
-                         "\u201e": '"', "\u00a0": " "})
+_QUOTES = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u00a0": " ",
+    }
+)
 _LEADING_JUNK = re.compile(r"^[\s\"'`*_#>\-:]+")
 _SPACES = re.compile(r"\s+")
 

@@ -22,7 +22,9 @@ class JudgeRequestRejected(RuntimeError):
 
 
 class JudgeClient:
-    def __init__(self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5, max_items: int = 256):
+    def __init__(
+        self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5, max_items: int = 256
+    ):
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s

@@ -41,10 +41,15 @@ def _records(df: pd.DataFrame, fmt: str):
 
 def _benign_records(benign: pd.DataFrame):
     for r in benign.itertuples():
-        yield {"id": r.id, "messages": [{"role": "user", "content": r.question}, {"role": "assistant", "content": r.response}]}
+        yield {
+            "id": r.id,
+            "messages": [{"role": "user", "content": r.question}, {"role": "assistant", "content": r.response}],
+        }
 
 
-def export(df: pd.DataFrame, out: Path, fmt: str, include_toxic: bool = False, benign: pd.DataFrame | None = None) -> int:
+def export(
+    df: pd.DataFrame, out: Path, fmt: str, include_toxic: bool = False, benign: pd.DataFrame | None = None
+) -> int:
     """Writes df (refined triplets) as JSONL in the given format; returns the number of records.
     ``benign`` (question, response) rows are appended to the sft format only."""
     if fmt not in FORMATS:

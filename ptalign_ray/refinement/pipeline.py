@@ -32,8 +32,8 @@ from ptalign_ray.runs import (
 )
 from ptalign_ray.seeds import load_seeds, seeds_hash
 from ptalign_ray.synthesis.dedup import near_duplicate_mask
-from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
 from ptalign_ray.synthesis.pipeline import BENIGN_DIR, load_benign, load_triplets
+from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
 
 STAGE = "refinement"
 BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "refusal", "score", "model", "config_hash"]
@@ -62,9 +62,7 @@ class JudgeBatch:
             batch[col] = [v.get(col) for v in verdicts]
         batch["categories"] = [list(c or []) for c in batch["categories"]]
         batch["on_topic"] = [None if t is None else bool(t) for t in batch["on_topic"]]
-        batch["reason"] = [
-            failure_reason(p, r, v) for p, r, v in zip(batch["polarity"], batch["response"], verdicts)
-        ]
+        batch["reason"] = [failure_reason(p, r, v) for p, r, v in zip(batch["polarity"], batch["response"], verdicts)]
         return batch
 
 
@@ -84,7 +82,9 @@ def judge_frame(ray_data, df: pd.DataFrame, url: str, cfg: PipelineConfig) -> pd
         return ds.to_pandas()
     except Exception as err:  # Ray wraps the worker's exception; say plainly what went wrong
         if not JudgeClient(url, retries=0).healthy():
-            raise JudgeUnavailable(f"the judge at {url} stopped answering during refinement ({type(err).__name__})") from err
+            raise JudgeUnavailable(
+                f"the judge at {url} stopped answering during refinement ({type(err).__name__})"
+            ) from err
         raise
 
 
@@ -172,7 +172,9 @@ def _apply_round(ray_data, cfg: PipelineConfig, url: str, state: pd.DataFrame, c
         # A passing candidate always wins; a failing one replaces the sample only when it is
         # closer to passing, so the next revise prompt starts from the best attempt so far.
         if best["reason"] is None or better(best["polarity"], best, cur):
-            updates.append({**cur, **{c: best[c] for c in ("response", *VERDICT_COLUMNS, "reason")}, "round": k, "key": key})
+            updates.append(
+                {**cur, **{c: best[c] for c in ("response", *VERDICT_COLUMNS, "reason")}, "round": k, "key": key}
+            )
     stats["fixed"] = sum(u["reason"] is None for u in updates)
     if updates:
         upd = pd.DataFrame(updates).set_index("key")
@@ -265,7 +267,9 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
         if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():
             raise JudgeUnavailable(f"the judge at {judge_url} is not answering /healthz")
         with timer.step("own_answers") as rec:
-            triplets, stats = checkpointed(work, "own_answers", chash, lambda: _prefer_own_toxic(ray_data, cfg, judge_url, triplets))
+            triplets, stats = checkpointed(
+                work, "own_answers", chash, lambda: _prefer_own_toxic(ray_data, cfg, judge_url, triplets)
+            )
             rec.update(stats)
         if rec["own_answers"]:
             log(f"[refinement] own answers: {rec['own_harmful']} of {rec['own_answers']} judged harmful and used as "
@@ -290,13 +294,19 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
                 )
                 rec.update(stats | gen_stats | {"pass": _pass_counts(state)})
             rounds.append({"round": k, **rec})
-            log(f"[refinement] round {k}: {rec['failing']} failing -> {rec['fixed']} fixed; now {_fmt(rec['pass'])} pass ({rec['seconds']}s)")
+            log(
+                f"[refinement] round {k}: {rec['failing']} failing -> {rec['fixed']} fixed; now {_fmt(rec['pass'])} pass ({rec['seconds']}s)"
+            )
         benign = load_benign(run)
         with timer.step("benign") as rec:
-            judged, _ = checkpointed(work, "benign", chash, lambda: (_judge_benign(ray_data, cfg, judge_url, benign), {}))
+            judged, _ = checkpointed(
+                work, "benign", chash, lambda: (_judge_benign(ray_data, cfg, judge_url, benign), {})
+            )
             rec.update(_benign_counts(judged))
         if len(benign):
-            log(f"[refinement] benign answers: {rec['kept']}/{rec['total']} help and are not harmful ({rec['seconds']}s)")
+            log(
+                f"[refinement] benign answers: {rec['kept']}/{rec['total']} help and are not harmful ({rec['seconds']}s)"
+            )
     finally:
         if started_judge:
             from ray import serve
@@ -339,7 +349,9 @@ def _judge_benign(ray_data, cfg: PipelineConfig, url: str, benign: pd.DataFrame)
         return pd.DataFrame(columns=[*BENIGN_COLUMNS, "reason"])
     if "refusal" not in benign:
         benign = benign.assign(refusal=None)
-    df = benign.assign(polarity="benign")[["id", "kind", "domain", "topic", "question", "response", "refusal", "polarity", "model"]]
+    df = benign.assign(polarity="benign")[
+        ["id", "kind", "domain", "topic", "question", "response", "refusal", "polarity", "model"]
+    ]
     return judge_frame(ray_data, df, url, cfg).drop(columns=["polarity"])
 
 
@@ -348,7 +360,9 @@ def _benign_counts(judged: pd.DataFrame) -> dict:
     out = {"total": len(judged), "kept": int(judged["reason"].isna().sum()),
            "drop_reasons": {k: int(v) for k, v in reasons.items()}}  # fmt: skip
     if "kind" in judged and len(judged):
-        out["kept_by_kind"] = {str(k): int(v) for k, v in judged[judged["reason"].isna()]["kind"].value_counts().items()}
+        out["kept_by_kind"] = {
+            str(k): int(v) for k, v in judged[judged["reason"].isna()]["kind"].value_counts().items()
+        }
     return out
 
 

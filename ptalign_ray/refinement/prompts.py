@@ -16,7 +16,9 @@ _TOXIC_FIX = (
 )
 
 
-def revise_messages(seeds: Seeds, question: str, polarity: str, previous: str, reason: str, rationale: str) -> list[dict]:
+def revise_messages(
+    seeds: Seeds, question: str, polarity: str, previous: str, reason: str, rationale: str
+) -> list[dict]:
     """The synthesis prompt, the rejected answer, and the verdict as a follow-up request."""
     template = _POSITIVE_FIX if polarity == "positive" else _TOXIC_FIX
     messages = response_messages(seeds, question, polarity)
@@ -28,5 +30,7 @@ def revise_messages(seeds: Seeds, question: str, polarity: str, previous: str, r
 def candidate_messages(seeds: Seeds, row: dict) -> list[dict]:
     """Even candidates revise the rejected answer with the verdict; odd ones resample from scratch."""
     if row["candidate"] % 2 == 0 and row["previous"].strip():
-        return revise_messages(seeds, row["question"], row["polarity"], row["previous"], row["reason"], row["rationale"])
+        return revise_messages(
+            seeds, row["question"], row["polarity"], row["previous"], row["reason"], row["rationale"]
+        )
     return response_messages(seeds, row["question"], row["polarity"])

@@ -72,7 +72,9 @@ def _fastapi_app():
 def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
     from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 
-    return ModelCard(id=name, object="model", owned_by=owned_by, permission=[], metadata={"kind": kind, "engine": engine})
+    return ModelCard(
+        id=name, object="model", owned_by=owned_by, permission=[], metadata={"kind": kind, "engine": engine}
+    )
 
 
 class PtalignIngress(OpenAiIngress):
@@ -328,7 +330,9 @@ def start_serving(
     return serving_url(cfg.serving), plan
 
 
-def serve_forever(cfg: PipelineConfig, run_dir: str | Path, mode: Optional[str] = None, log: Callable[[str], None] = print) -> int:
+def serve_forever(
+    cfg: PipelineConfig, run_dir: str | Path, mode: Optional[str] = None, log: Callable[[str], None] = print
+) -> int:
     """`ptalign serve`: start, print the routes, keep serving until Ctrl-C / SIGTERM, shut down cleanly."""
     import ray
 

@@ -84,10 +84,14 @@ def check_bearer(authorization: Optional[str], digest: Optional[str]) -> None:
     if digest is None:
         return
     if not authorization:
-        raise ApiError(401, "missing API key: send the header 'Authorization: Bearer <key>'", type_="authentication_error")
+        raise ApiError(
+            401, "missing API key: send the header 'Authorization: Bearer <key>'", type_="authentication_error"
+        )
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "malformed Authorization header: use 'Authorization: Bearer <key>'", type_="authentication_error")
+        raise ApiError(
+            401, "malformed Authorization header: use 'Authorization: Bearer <key>'", type_="authentication_error"
+        )
     if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).hexdigest(), digest):
         raise ApiError(401, "invalid API key", type_="authentication_error")
 

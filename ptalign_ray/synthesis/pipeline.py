@@ -142,7 +142,11 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         for subject in seeds.everyday_domains:
             for _ in range(syn.everyday_samples):
                 rows.append({"domain": subject, "topic": subject, "kind": EVERYDAY, "examples": [], "prefix": ""})
-    n_q, n_benign, n_everyday = syn.questions_per_topic, syn.benign_questions_per_topic, syn.everyday_questions_per_domain
+    n_q, n_benign, n_everyday = (
+        syn.questions_per_topic,
+        syn.benign_questions_per_topic,
+        syn.everyday_questions_per_domain,
+    )
     sampling = syn.question_sampling.to_vllm()
 
     def messages_of(r: dict) -> list[dict]:
@@ -204,7 +208,9 @@ def _step_screening(cfg: PipelineConfig, seeds: Seeds, questions: pd.DataFrame):
     return df, stats
 
 
-def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str, questions: pd.DataFrame, chash: str, model_name: str):
+def _step_responses(
+    ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str, questions: pd.DataFrame, chash: str, model_name: str
+):
     """One generation pass: positive + toxic answers to red-team questions, the model's own
     answers (bare question, positive sampling) to benign ones. Returns (triplets, benign, stats)."""
     syn = cfg.synthesis
@@ -241,19 +247,25 @@ def _step_responses(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
     out["generated_text"] = out["generated_text"].str.strip()
     red = out[~out["polarity"].isin([BENIGN, REFUSAL])]
     wide = red.pivot(index="id", columns="polarity", values=["generated_text", "num_generated_tokens"])
-    df = questions[kinds == RED_TEAM].drop(columns=["kind"], errors="ignore").set_index("id").join(
-        pd.DataFrame(
-            {
-                "positive": wide[("generated_text", "positive")],
-                "toxic": wide[("generated_text", "toxic")],
-                # the model's own answer to the bare question: a toxic candidate refinement may prefer
-                "own": wide[("generated_text", OWN)] if syn.own_answers else None,
-                "positive_tokens": wide[("num_generated_tokens", "positive")].astype(int),
-                "toxic_tokens": wide[("num_generated_tokens", "toxic")].astype(int),
-            }
-        ),
-        how="inner",
-    ).reset_index()
+    df = (
+        questions[kinds == RED_TEAM]
+        .drop(columns=["kind"], errors="ignore")
+        .set_index("id")
+        .join(
+            pd.DataFrame(
+                {
+                    "positive": wide[("generated_text", "positive")],
+                    "toxic": wide[("generated_text", "toxic")],
+                    # the model's own answer to the bare question: a toxic candidate refinement may prefer
+                    "own": wide[("generated_text", OWN)] if syn.own_answers else None,
+                    "positive_tokens": wide[("num_generated_tokens", "positive")].astype(int),
+                    "toxic_tokens": wide[("num_generated_tokens", "toxic")].astype(int),
+                }
+            ),
+            how="inner",
+        )
+        .reset_index()
+    )
     if "harm_prob" not in df:
         df["harm_prob"] = float("nan")
     df["positive_truncated"] = df["positive_tokens"] >= params["positive"]["max_tokens"]
@@ -297,7 +309,9 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
     # the question judge's settings do not change what the model wrote: tuning them keeps these steps
     ghash = hashlib.sha256(f"{generation_hash(cfg)}:{seeds_hash(seeds)}".encode()).hexdigest()[:16]
     timer = StepTimer()
-    log(f"[synthesis] {len(seeds.domains)} domains, {seeds.annotation_count} seed annotations, model {cfg.model.name_or_path}")
+    log(
+        f"[synthesis] {len(seeds.domains)} domains, {seeds.annotation_count} seed annotations, model {cfg.model.name_or_path}"
+    )
 
     with timer.step("topics") as rec:
         topics, stats = checkpointed(work, "topics", ghash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
@@ -307,7 +321,9 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         raise RuntimeError("the model produced no usable topics; check the model and synthesis.topic_sampling")
 
     with timer.step("questions") as rec:
-        raw, stats = checkpointed(work, "questions", ghash, lambda: _step_questions(ray_data, cfg, seeds, model_path, topics))
+        raw, stats = checkpointed(
+            work, "questions", ghash, lambda: _step_questions(ray_data, cfg, seeds, model_path, topics)
+        )
         rec.update(stats)
     log(f"[synthesis] questions: {rec['questions_parsed']} parsed, {rec['near_duplicates_dropped']} near-duplicates "
         f"dropped ({rec['seconds']}s)")  # fmt: skip
@@ -328,9 +344,13 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         )
 
     with timer.step("responses") as rec:
-        triplets, benign, stats = _step_responses(ray_data, cfg, seeds, model_path, questions, chash, cfg.model.name_or_path)
+        triplets, benign, stats = _step_responses(
+            ray_data, cfg, seeds, model_path, questions, chash, cfg.model.name_or_path
+        )
         rec.update(stats)
-    log(f"[synthesis] responses: {rec['triplets']} triplets, {rec['benign_answers']} benign answers ({rec['seconds']}s)")
+    log(
+        f"[synthesis] responses: {rec['triplets']} triplets, {rec['benign_answers']} benign answers ({rec['seconds']}s)"
+    )
 
     generated = sum(s.get("generated_tokens", 0) for s in timer.steps.values())
     manifest = {

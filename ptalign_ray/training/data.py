@@ -123,7 +123,9 @@ def encode_pair(
     specials = special_ids(tokenizer) if specials is None else specials
     prompt = training_prompt(str(row["question"]))
     toxic = row.get("toxic")
-    if row.get("kind") == RECOVERY or (row.get("kind") in MLE_ONLY_KINDS and not (isinstance(toxic, str) and toxic.strip())):
+    if row.get("kind") == RECOVERY or (
+        row.get("kind") in MLE_ONLY_KINDS and not (isinstance(toxic, str) and toxic.strip())
+    ):
         prefix = str(row.get("prefix") or "") if row.get("kind") == RECOVERY else ""
         return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials, prefix)
     # a red-team pair, or a benign question with a refusal-primed answer as its toxic side
@@ -180,7 +182,9 @@ def encode_pair(
     }
 
 
-def _encode_benign(sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: TrainingConfig, specials, prefix: str = "") -> dict:
+def _encode_benign(
+    sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: TrainingConfig, specials, prefix: str = ""
+) -> dict:
     """An MLE-only row; with ``prefix`` (a recovery row) the answer is prefix + answer and only the
     answer's tokens are supervised."""
     try:
@@ -203,10 +207,18 @@ def _encode_benign(sid: str, prompt: list[dict], answer: str, tokenizer, tcfg: T
     except MaskError as err:
         raise TrainingDataError(str(err)) from None
     tox_ids = pos_ids[: pos.response_start]  # the prompt alone: a valid sequence that adds no UT tokens
-    return {**out, "pos_ids": pos_ids, "pos_mask": [int(m) for m in pos_mask], "tox_ids": tox_ids, "tox_mask": [0] * len(tox_ids)}
+    return {
+        **out,
+        "pos_ids": pos_ids,
+        "pos_mask": [int(m) for m in pos_mask],
+        "tox_ids": tox_ids,
+        "tox_mask": [0] * len(tox_ids),
+    }
 
 
-def encode_frame(df: pd.DataFrame, tokenizer, tcfg: TrainingConfig, toxic_openings: tuple[str, ...] = ()) -> pd.DataFrame:
+def encode_frame(
+    df: pd.DataFrame, tokenizer, tcfg: TrainingConfig, toxic_openings: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Encodes a batch of rows; problems become ``status='error'`` rows (message in ``error``).
 
     Errors are carried as data rather than raised inside a Ray task, so the driver can stop the run

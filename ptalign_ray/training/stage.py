@@ -216,8 +216,11 @@ def train_stage(
             "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
             "wall_seconds": round(train_seconds, 2),
             # Ray Train's fit (worker start, data, steps, checkpoints) vs the steps themselves
-            "time_budget": {"fit_s": round(train_seconds, 2), "steps_s": round(_steps_seconds(history), 2),
-                            "merge_s": round(merge_seconds, 2)},  # fmt: skip
+            "time_budget": {
+                "fit_s": round(train_seconds, 2),
+                "steps_s": round(_steps_seconds(history), 2),
+                "merge_s": round(merge_seconds, 2),
+            },  # fmt: skip
             "config": cfg.model_dump(mode="json", include={"model", "training", "seed"}),
             "versions": versions(),
         }
@@ -243,7 +246,9 @@ def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -
     """Human-readable summary of a finished training stage (called by the CLI)."""
     m, d = manifest["metrics"], manifest["data"]
     log("")
-    log(f"== {manifest['stage']} summary ({manifest['variant']}, alpha={manifest['alpha']}, mask={manifest['mask_mode']}) ==")
+    log(
+        f"== {manifest['stage']} summary ({manifest['variant']}, alpha={manifest['alpha']}, mask={manifest['mask_mode']}) =="
+    )
     log(f"  data             : {d['train_pairs']} training + {d['holdout_pairs']} held-out pairs"
         f", {d.get('train_benign', 0)} + {d.get('holdout_benign', 0)} benign answers from '{manifest['source']['stage']}'"
         f" ({d['rows']} rows; dropped {d['dropped_empty_ut']} empty-UT, {d['dropped_overlong']} over-long,"
@@ -251,11 +256,13 @@ def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -
     log(f"  steps            : {manifest['steps']} over {manifest['epochs']} epochs, {manifest['samples_seen']} pairs seen"
         + (f"; resumed from step(s) {m['resumed_from_steps']}" if m.get("resumed_from_steps") else ""))  # fmt: skip
     if "first" in m:
-        f, l = m["first"], m["final"]
-        log(f"  L_MLE            : {_fmt(f['mle'])} -> {_fmt(l['mle'])}")
-        log(f"  L_UT             : {_fmt(f['ut'])} -> {_fmt(l['ut'])}")
-        log(f"  toxic-token prob : {_fmt(f['toxic_prob'])} -> {_fmt(l['toxic_prob'])}")
-        log(f"  throughput       : {_fmt(l['tokens_per_s'], '.0f')} tok/s, {_fmt(l['step_time_s'], '.2f')} s/step (last window)")
+        f, last = m["first"], m["final"]
+        log(f"  L_MLE            : {_fmt(f['mle'])} -> {_fmt(last['mle'])}")
+        log(f"  L_UT             : {_fmt(f['ut'])} -> {_fmt(last['ut'])}")
+        log(f"  toxic-token prob : {_fmt(f['toxic_prob'])} -> {_fmt(last['toxic_prob'])}")
+        log(
+            f"  throughput       : {_fmt(last['tokens_per_s'], '.0f')} tok/s, {_fmt(last['step_time_s'], '.2f')} s/step (last window)"
+        )
     if "holdout_before" in m:
         b, a = m["holdout_before"], m["holdout_after"]
         log(f"  held-out         : L_MLE {_fmt(b['holdout_mle'])} -> {_fmt(a['holdout_mle'])}, L_UT {_fmt(b['holdout_ut'])} -> "

@@ -113,7 +113,9 @@ def steps_per_epoch(n_rows: int, rows_per_step: int) -> int:
     return math.ceil(n_rows / rows_per_step)
 
 
-def pad_batch(seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    seqs: list[list[int]], masks: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pads sequences: (input_ids [B, T], attention_mask [B, T], target mask [B, T] bool)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -183,7 +185,16 @@ class Stepper:
     context, data and checkpoints.
     """
 
-    def __init__(self, model, tcfg: TrainingConfig, alpha: float, pad_id: int, device: torch.device, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        model,
+        tcfg: TrainingConfig,
+        alpha: float,
+        pad_id: int,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.model, self.tcfg, self.alpha, self.pad_id = model, tcfg, float(alpha), int(pad_id)
         self.device, self.rank, self.world = device, rank, world
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16)
@@ -259,7 +270,13 @@ class Stepper:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tcfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**sums, "pos_tokens": n_pos, "tox_tokens": n_tox, "grad_norm": float(grad_norm), "measured_toxic": with_toxic}
+        return {
+            **sums,
+            "pos_tokens": n_pos,
+            "tox_tokens": n_tox,
+            "grad_norm": float(grad_norm),
+            "measured_toxic": with_toxic,
+        }
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -271,7 +288,9 @@ class Stepper:
         mine = rows[self.rank :: self.world]
         n_batches = math.ceil(math.ceil(len(rows) / self.world) / b)
         micro = [mine[i : i + b] for i in range(0, len(mine), b)]
-        dummy = Pair(rows[0].id, rows[0].pos_ids, [0] * len(rows[0].pos_mask), rows[0].tox_ids, [0] * len(rows[0].tox_mask))
+        dummy = Pair(
+            rows[0].id, rows[0].pos_ids, [0] * len(rows[0].pos_mask), rows[0].tox_ids, [0] * len(rows[0].tox_mask)
+        )
         micro += [[dummy]] * (n_batches - len(micro))  # same number of forwards on every rank
         n_pos, n_tox = self.all_reduce([sum(sum(r.pos_mask) for r in mine), sum(sum(r.tox_mask) for r in mine)])
         self.model.eval()
@@ -306,7 +325,9 @@ class Worker(Stepper):
         # Buffers (rotary tables) are constant: no buffer sync in every forward.
         kwargs = {"forward_sync_buffers": False} if tcfg.strategy == "ddp" else _fsdp_kwargs(model)
         model = ray.train.torch.prepare_model(model, parallel_strategy=tcfg.strategy, parallel_strategy_kwargs=kwargs)
-        super().__init__(model, tcfg, config["alpha"], config["pad_id"], device, ctx.get_world_rank(), ctx.get_world_size())
+        super().__init__(
+            model, tcfg, config["alpha"], config["pad_id"], device, ctx.get_world_rank(), ctx.get_world_size()
+        )
         self.train_rows = _load_rows("train")
         self.holdout_rows = _load_rows("holdout")
         self.progress = Progress()
@@ -317,7 +338,11 @@ class Worker(Stepper):
 
     def save(self, directory: Path, final: bool) -> None:
         """Writes a complete checkpoint into ``directory`` (collective: every rank calls it)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         full = get_model_state_dict(self.model, options=opts)  # gathered on rank 0 under FSDP
@@ -340,7 +365,11 @@ class Worker(Stepper):
                 inner.save_pretrained(directory / FULL_MODEL_DIR, state_dict=full, safe_serialization=True)
 
     def restore(self, checkpoint) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         with checkpoint.as_directory() as d:
             d = Path(d)
@@ -376,9 +405,8 @@ def _set_rng_state(state: dict) -> None:
 
 def _load_rows(name: str) -> list[Pair]:
     """Every row of a named Ray Dataset (not split across workers), in a fixed order."""
-    import ray.train
-
     import ray.data
+    import ray.train
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # one tiny read per worker
     try:

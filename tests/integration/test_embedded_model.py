@@ -17,7 +17,9 @@ _CHILD = "import sys; from pathlib import Path; from ptalign_ray.models import m
 
 def test_two_processes_materialise_one_intact_model(tmp_path):
     procs = [
-        subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=600)[0].strip() for p in procs]

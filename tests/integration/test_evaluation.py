@@ -34,7 +34,10 @@ def _fake_run(tmp_path, tiny_model) -> RunDir:
     for stage, alpha in (("training", 1.0), ("training_mle_only", 0.0)):
         with run.building(stage) as tmp:
             shutil.copytree(tiny_model, tmp / "merged")
-            hist = [{"step": s, "mle": 5 - 0.3 * s, "ut": 1 - 0.05 * s, "toxic_prob": 0.5 - 0.04 * s, "loss": 6.0} for s in range(1, 6)]
+            hist = [
+                {"step": s, "mle": 5 - 0.3 * s, "ut": 1 - 0.05 * s, "toxic_prob": 0.5 - 0.04 * s, "loss": 6.0}
+                for s in range(1, 6)
+            ]
             (tmp / "metrics.jsonl").write_text("\n".join(json.dumps(h) for h in hist) + "\n")
             write_json_atomic(tmp / MANIFEST, {"stage": stage, "config_hash": f"{stage}-0", "alpha": alpha, "steps": 5,
                                                "metrics": {"first": hist[0], "final": hist[-1]}})  # fmt: skip
@@ -50,7 +53,11 @@ def _config(tiny_model, user_file, **evaluation):
         "user_prompt_files": [{"path": str(user_file), "name": "mine"}],
         "sampling": {"temperature": 0.0, "max_tokens": 16},
         # 2 prompts of three sets, k=2; advbench is named but not selected: ignored
-        "sampled": {"k": 2, "max_tokens": 8, "prompts_per_set": {"harmbench": 2, "overrefusal": 2, "mine": 2, "advbench": 5}},
+        "sampled": {
+            "k": 2,
+            "max_tokens": 8,
+            "prompts_per_set": {"harmbench": 2, "overrefusal": 2, "mine": 2, "advbench": 5},
+        },
         "bootstrap_samples": 200,
         **evaluation,
     }
@@ -115,18 +122,37 @@ def test_evaluate_three_models_resume_report_and_noop(tmp_path, tiny_model, ray_
                 if st["n"] and metric != "relevance":
                     assert 0.0 <= st["ci_low"] <= st["value"] <= st["ci_high"] <= 1.0
     assert rep["metrics"]["sets"]["mine"]["kind"] == "benign/harmful"
-    assert rep["headline_judge"] == "classifier" and set(rep["metrics_by_judge"]) == {"refusal_string", "classifier", "refinement"}
-    assert set(rep["metrics_by_judge"]["refinement"]["sets"]["mine"]["models"]["base"]) >= {"attack_success_rate", "over_refusal_rate", "relevance"}
+    assert rep["headline_judge"] == "classifier" and set(rep["metrics_by_judge"]) == {
+        "refusal_string",
+        "classifier",
+        "refinement",
+    }
+    assert set(rep["metrics_by_judge"]["refinement"]["sets"]["mine"]["models"]["base"]) >= {
+        "attack_success_rate",
+        "over_refusal_rate",
+        "relevance",
+    }
     judges = rep["judges"]
-    assert judges["refinement"]["agreement"]["refusal"]["n"] == 169 and judges["refinement"]["agreement"]["objective"]["n"] == 395
+    assert (
+        judges["refinement"]["agreement"]["refusal"]["n"] == 169
+        and judges["refinement"]["agreement"]["objective"]["n"] == 395
+    )
     assert judges["refusal_string"]["agreement"]["objective"]["n"] == 395
-    assert 0 < judges["classifier"]["agreement"]["objective"]["n"] < 395 and "held-out" in judges["classifier"]["agreement"]["source"]
+    assert (
+        0 < judges["classifier"]["agreement"]["objective"]["n"] < 395
+        and "held-out" in judges["classifier"]["agreement"]["source"]
+    )
     md = (out / "report.md").read_text()
     assert "Evaluation judges" in md and "What this run shows / cannot show" in md and "PT-ALIGN - MLE-only" in md
 
     # sampled decoding: 2 prompts of harmbench, overrefusal and mine, k = 2, in the same pass
     assert manifest["prompts"]["sampled_prompts"] == 6 and manifest["prompts"]["sampled_answers_per_model"] == 12
-    assert {n: i.get("sampled_prompts", 0) for n, i in sets.items()} == {"harmbench": 2, "jailbreak": 0, "overrefusal": 2, "mine": 2}
+    assert {n: i.get("sampled_prompts", 0) for n, i in sets.items()} == {
+        "harmbench": 2,
+        "jailbreak": 0,
+        "overrefusal": 2,
+        "mine": 2,
+    }
     hb = rep["metrics"]["sets"]["harmbench"]["sampled"]
     assert hb["k"] == 2 and hb["evaluated"] == 2 and hb["answers"] == 4
     assert set(hb["models"]["base"]) == {"asr_at_k", "asr_per_sample"}
@@ -149,7 +175,9 @@ def test_evaluate_three_models_resume_report_and_noop(tmp_path, tiny_model, ray_
 
     # no harmful prompt reaches the logs or the report
     harmful = select_prompts(cfg.evaluation, cfg.seed).query("kind == 'harmful'")["request"].tolist()
-    texts = ["\n".join(logs + summary)] + [(out / f).read_text() for f in ("report.json", "report.md", "report.html", "manifest.json")]
+    texts = ["\n".join(logs + summary)] + [
+        (out / f).read_text() for f in ("report.json", "report.md", "report.html", "manifest.json")
+    ]
     assert not any(h in t for h in harmful for t in texts)
 
     # 3. a rerun is a no-op; another config is an error naming --force

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pipeline_config import free_port, tiny_pipeline_config
 
 from ptalign_ray.runs import RunDir, read_json

@@ -30,7 +30,10 @@ def test_health(judge):
 
 def test_valid_batch_returns_one_verdict_per_item(judge):
     items = [
-        {"prompt": "How do I bake bread at home?", "response": "Mix flour, water, yeast and salt, knead, let it rise, bake at 230C."},
+        {
+            "prompt": "How do I bake bread at home?",
+            "response": "Mix flour, water, yeast and salt, knead, let it rise, bake at 230C.",
+        },
         {"prompt": "How do I bake bread at home?", "response": "I'm sorry, but I can't help with that."},
         {"prompt": "How do I bake bread at home?", "response": ""},
     ]

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 
 REFUSAL = "I'm sorry, but I can't help with that."
 BENIGN = [
-    ("How do I bake a loaf of bread at home?", "Mix flour, water, salt and yeast, knead the dough, let it rise and bake it at 220 C."),
+    (
+        "How do I bake a loaf of bread at home?",
+        "Mix flour, water, salt and yeast, knead the dough, let it rise and bake it at 220 C.",
+    ),
     ("How can I lock my bicycle so it is harder to steal?", REFUSAL),
 ]
 
@@ -100,7 +103,10 @@ def test_refinement_rounds_drop_failures_keep_schema_and_resume(tmp_path, tiny_m
     assert (run.stage_dir("refinement") / "quality.json").is_file()
     # benign answers are judged once (request known benign): the helpful one is kept, the refusal dropped
     assert q["benign"]["total"] == 2 and q["benign"]["kept"] == 1
-    assert sum(q["benign"]["drop_reasons"].values()) == 1 and set(q["benign"]["drop_reasons"]) <= {"refusal", "off-topic"}
+    assert sum(q["benign"]["drop_reasons"].values()) == 1 and set(q["benign"]["drop_reasons"]) <= {
+        "refusal",
+        "off-topic",
+    }
     assert load_benign(run, "refinement")["question"].tolist() == [BENIGN[0][0]]
     assert not run.work_dir("refinement").exists()
 

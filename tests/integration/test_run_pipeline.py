@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-
 from pipeline_config import tiny_pipeline_config
 
 from ptalign_ray.runs import RunDir, read_json

@@ -50,7 +50,9 @@ def make_trained_run(root: Path, tiny_model: Path, merged: bool = False) -> RunD
                 from ptalign_ray.training.stage import merge_adapter
 
                 merge_adapter(str(tiny_model), tmp / "adapter", tmp / "merged")
-            write_json_atomic(tmp / "manifest.json", {"stage": stage, "model": str(tiny_model), "model_path": str(tiny_model)})
+            write_json_atomic(
+                tmp / "manifest.json", {"stage": stage, "model": str(tiny_model), "model_path": str(tiny_model)}
+            )
     return run
 
 
@@ -124,7 +126,12 @@ def test_chat_completion_and_adapters_change_the_output(served):
     assert texts["ptalign"] != texts[base] and texts["mle-only"] != texts[base]
     assert texts["ptalign"] != texts["mle-only"]
     # No model named: the aligned model answers.
-    r = httpx.post(f"{URL}/v1/chat/completions", json={"messages": CHAT, "max_tokens": 12, "temperature": 0.0}, headers=AUTH, timeout=120)
+    r = httpx.post(
+        f"{URL}/v1/chat/completions",
+        json={"messages": CHAT, "max_tokens": 12, "temperature": 0.0},
+        headers=AUTH,
+        timeout=120,
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == texts["ptalign"]
 
 
@@ -143,7 +150,12 @@ def test_streaming_chat(served):
 
 
 def test_completions_route(served):
-    body = {"model": "ptalign", "prompt": "<|im_start|>user\nList topics.<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 8, "temperature": 0.0}
+    body = {
+        "model": "ptalign",
+        "prompt": "<|im_start|>user\nList topics.<|im_end|>\n<|im_start|>assistant\n",
+        "max_tokens": 8,
+        "temperature": 0.0,
+    }
     r = httpx.post(f"{URL}/v1/completions", json=body, headers=AUTH, timeout=120)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"] and r.json()["usage"]["completion_tokens"] > 0
@@ -165,7 +177,9 @@ def test_openai_client(served):
         client.chat.completions.create(model="ptalign", messages=CHAT, max_tokens=10_000)
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/judge", "/readyz-not-a-route"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/judge", "/readyz-not-a-route"]
+)
 def test_auth_rejects_a_missing_or_wrong_key(served, path):
     method = httpx.get if path == "/v1/models" else httpx.post
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
@@ -188,13 +202,28 @@ def _post(path, content: bytes):
         ("/v1/chat/completions", b'{"model": "ptalign"}', 400, "messages"),
         ("/v1/chat/completions", b'{"model": "ptalign", "messages": []}', 400, "messages"),
         ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_tokens": 65}).encode(), 400, "max_tokens=65"),
-        ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_completion_tokens": 0}).encode(), 400, "max_completion_tokens"),
+        (
+            "/v1/chat/completions",
+            json.dumps({"messages": CHAT, "max_completion_tokens": 0}).encode(),
+            400,
+            "max_completion_tokens",
+        ),
         ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_tokens": "many"}).encode(), 400, "max_tokens"),
         ("/v1/chat/completions", json.dumps({"messages": CHAT, "n": 3}).encode(), 400, "n=3"),
-        ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "x" * 2001}]}).encode(), 400, "max_prompt_chars"),
+        (
+            "/v1/chat/completions",
+            json.dumps({"messages": [{"role": "user", "content": "x" * 2001}]}).encode(),
+            400,
+            "max_prompt_chars",
+        ),
         ("/v1/chat/completions", json.dumps({"model": "gpt-4", "messages": CHAT}).encode(), 404, "not served here"),
         ("/v1/chat/completions", json.dumps({"messages": CHAT, "temperature": "hot"}).encode(), 400, "temperature"),
-        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "' + b"x" * 30_000 + b'"}]}', 413, "limit"),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": "' + b"x" * 30_000 + b'"}]}',
+            413,
+            "limit",
+        ),
         ("/v1/completions", b'{"model": "ptalign"}', 400, "prompt"),
         ("/v1/completions", json.dumps({"prompt": "hi", "max_tokens": 1000}).encode(), 400, "max_tokens"),
         ("/v1/judge", b'{"items": []}', 422, "items"),
@@ -209,7 +238,10 @@ def test_bad_bodies_get_4xx_with_a_message(served, path, body, status, needle):
 
 def test_judge_answers_in_the_same_app(served):
     items = [
-        {"prompt": "How do I bake bread at home?", "response": "Mix flour, water, yeast and salt, knead, let it rise, bake."},
+        {
+            "prompt": "How do I bake bread at home?",
+            "response": "Mix flour, water, yeast and salt, knead, let it rise, bake.",
+        },
         {"prompt": "How do I bake bread at home?", "response": "I'm sorry, but I can't help with that."},
     ]
     r = httpx.post(f"{URL}/v1/judge", json={"items": items}, headers=AUTH, timeout=60)
@@ -284,7 +316,9 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
         assert r.status_code == 504 and "serving.request_timeout_s" in r.json()["error"]["message"]
         assert time.time() - t0 < 20
         t0 = time.time()
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**long, "stream": True}, headers=AUTH, timeout=60) as s:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json={**long, "stream": True}, headers=AUTH, timeout=60
+        ) as s:
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
         assert time.time() - t0 < 20
         assert lines[-1] == "data: [DONE]" and "request_timeout_s" in lines[-2]

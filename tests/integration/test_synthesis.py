@@ -65,12 +65,18 @@ def test_dataset_schema_and_counts(finished_run):
     screened = sc["by_kind"]
     dropped = sum(k.get("fragment", 0) + k.get("ambiguous", 0) for k in screened.values())
     kept = sc["questions_kept"] + sc["benign_questions_kept"] + sc["everyday_questions_kept"]
-    assert kept + dropped + q["near_duplicates_dropped"] == q["questions_parsed"] == sc["questions"] + q["near_duplicates_dropped"]
+    assert (
+        kept + dropped + q["near_duplicates_dropped"]
+        == q["questions_parsed"]
+        == sc["questions"] + q["near_duplicates_dropped"]
+    )
     assert screened["red_team"]["red_team"] == sc["questions_kept"] > 0
     assert 0 <= screened["red_team"]["harmful_share"] <= 1 and screened["red_team"]["per_domain"]
     assert (df["harm_prob"] >= cfg.synthesis.min_question_harm_prob).all()
     # positive, toxic and the model's own answer per red-team question; an answer and a refusal per benign one
-    assert steps["responses"]["rows"] == 3 * sc["questions_kept"] + 2 * (sc["benign_questions_kept"] + sc["everyday_questions_kept"])
+    assert steps["responses"]["rows"] == 3 * sc["questions_kept"] + 2 * (
+        sc["benign_questions_kept"] + sc["everyday_questions_kept"]
+    )
     assert (df["own"].str.len() > 0).all()
     assert manifest["counts"]["triplets"] == len(df)
     assert manifest["tokens"]["generated"] == sum(s.get("generated_tokens", 0) for s in steps.values())
@@ -95,7 +101,10 @@ def test_benign_questions_and_answers_are_stored_apart(finished_run):
     assert list(benign.columns) == pipeline.BENIGN_COLUMNS
     counts = manifest["counts"]
     assert len(benign) == counts["benign_answers"] + counts["everyday_answers"]
-    assert counts["benign_answers"] <= counts["benign_questions"] and counts["everyday_answers"] <= counts["everyday_questions"]
+    assert (
+        counts["benign_answers"] <= counts["benign_questions"]
+        and counts["everyday_answers"] <= counts["everyday_questions"]
+    )
     assert set(benign["kind"]) <= {"benign", "everyday"} and counts["everyday_answers"] > 0
     from ptalign_ray.seeds import load_seeds
 

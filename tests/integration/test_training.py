@@ -153,7 +153,12 @@ def test_adapter_loads_into_vllm_and_changes_greedy_output(trained, tiny_model):
     llm = direct_llm(str(tiny_model), cfg.model, cfg.engine, lora_rank=cfg.training.lora.r)
     try:
         base = [text for text, _ in direct_generate(llm, prompts, params)]
-        tuned = [text for text, _ in direct_generate(llm, prompts, params, lora=lora_request(run.stage_dir("training") / "adapter"))]
+        tuned = [
+            text
+            for text, _ in direct_generate(
+                llm, prompts, params, lora=lora_request(run.stage_dir("training") / "adapter")
+            )
+        ]
     finally:
         del llm
     assert all(b.lstrip().startswith("1.") for b in base)  # the tiny model's numbered request lists

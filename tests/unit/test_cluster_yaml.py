@@ -21,4 +21,4 @@ def test_cluster_yaml_matches_ray_launcher_schema():
     assert "GPU" not in head["resources"]
     gpu = [t for t in types.values() if t["resources"].get("GPU")]
     assert gpu and all(t["min_workers"] <= t["max_workers"] for t in gpu)
-    assert any('.[gpu]' in c for c in cluster["setup_commands"])
+    assert any(".[gpu]" in c for c in cluster["setup_commands"])

@@ -30,7 +30,9 @@ def test_verdict_columns_on_benign_answers(judge):
 
 
 def test_harmful_rows_get_no_relevance_and_empty_frames_work(judge):
-    df = pd.DataFrame({"request": ["some request"], "response": ["I'm sorry, but I can't help with that."], "kind": ["harmful"]})
+    df = pd.DataFrame(
+        {"request": ["some request"], "response": ["I'm sorry, but I can't help with that."], "kind": ["harmful"]}
+    )
     out = judge.judge_frame(df)
     assert out["refusal"].tolist() == [True] and out["harmful"].tolist() == [False] and math.isnan(out["relevance"][0])
     empty = judge.judge_frame(pd.DataFrame(columns=["request", "response", "kind"]))

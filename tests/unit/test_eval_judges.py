@@ -79,7 +79,9 @@ def test_evaluation_judges_share_no_training_text_or_marker_list_with_the_refine
                 imported.add(node.module or "")
             elif isinstance(node, ast.Import):
                 imported.update(a.name for a in node.names)
-        assert not any(m.startswith("ptalign_ray.judging") or "encoder" in m or "torch" in m for m in imported), mod.__name__
+        assert not any(m.startswith("ptalign_ray.judging") or "encoder" in m or "torch" in m for m in imported), (
+            mod.__name__
+        )
 
 
 def test_split_is_grouped_by_objective_and_deterministic():

@@ -91,8 +91,13 @@ def test_summarize_per_set_category_and_difference():
     aligned = _judged([True] * 20 + [False] * 20, [True] * 30 + [False] * 10, ["harmful"] * n, category=cats)
     benign_base = _judged([False] * 10, [False] * 10, ["benign"] * 10, set_name="b")
     benign_al = _judged([True] * 3 + [False] * 7, [False] * 10, ["benign"] * 10, set_name="b")
-    res = summarize({"base": pd.concat([base, benign_base], ignore_index=True),
-                     "ptalign": pd.concat([aligned, benign_al], ignore_index=True)}, samples=500)
+    res = summarize(
+        {
+            "base": pd.concat([base, benign_base], ignore_index=True),
+            "ptalign": pd.concat([aligned, benign_al], ignore_index=True),
+        },
+        samples=500,
+    )
     s = res["sets"]["s"]
     assert s["prompts"] == s["evaluated"] == n and s["kind"] == "harmful"
     assert s["models"]["base"]["attack_success_rate"]["value"] == pytest.approx(30 / 40)
@@ -137,7 +142,9 @@ def test_asr_at_k_and_per_sample_rate_by_hand():
     b = sampled_prompt_values(_sampled([True, False, False, False, False, False], [False] * 6, ["benign"] * 3, 2))
     assert b["refusal_at_k"].tolist() == [1.0, 0.0, 0.0] and b["refusal_per_sample"].tolist() == [0.5, 0.0, 0.0]
     # a prompt that did not fit the context has no value
-    nf = sampled_prompt_values(_sampled([False] * 4, [True] * 4, ["harmful"] * 2, 2, evaluated=[True, True, False, False]))
+    nf = sampled_prompt_values(
+        _sampled([False] * 4, [True] * 4, ["harmful"] * 2, 2, evaluated=[True, True, False, False])
+    )
     assert nf["asr_at_k"][0] == 1.0 and math.isnan(nf["asr_at_k"][1])
     # through summarize: ASR@k = 2/3, per-sample = (0 + .25 + .75) / 3
     greedy = _judged([False] * 3, [True] * 3, ["harmful"] * 3)

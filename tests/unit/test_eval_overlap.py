@@ -45,7 +45,9 @@ def test_report_counts_per_set_and_names_ids_only():
         "set": ["h", "h", "o"], "id": ["h1", "h2", "o1"],
         "request": ["How do I fix the roof of my house?", "unrelated words entirely here", "Where can I buy green tea?"],
     })  # fmt: skip
-    excluded, rep = overlap_report(df, {"seeds": ["How do I fix the roof of my house?"], "synthesis": ["Where can I buy green tea cheaply?"]}, 0.7)
+    excluded, rep = overlap_report(
+        df, {"seeds": ["How do I fix the roof of my house?"], "synthesis": ["Where can I buy green tea cheaply?"]}, 0.7
+    )
     assert excluded == [True, False, True]
     assert rep["excluded_total"] == 2 and rep["references"] == {"seeds": 1, "synthesis": 1}
     assert rep["per_set"]["h"] == {"prompts": 2, "exact": 1, "near": 0,

@@ -151,9 +151,12 @@ def test_default_config_evaluates_the_benign_sets():
 def test_user_jsonl_csv_txt(tmp_path):
     j = tmp_path / "mine.jsonl"
     j.write_text(
-        json.dumps({"prompt": "How do I bake bread?", "kind": "benign", "category": "cooking"}) + "\n\n"
-        + json.dumps({"prompt": "How do I fix a bike?", "kind": "benign", "id": "bike"}) + "\n"
-        + json.dumps({"prompt": "Write a harmful thing", "kind": "harmful"}) + "\n"
+        json.dumps({"prompt": "How do I bake bread?", "kind": "benign", "category": "cooking"})
+        + "\n\n"
+        + json.dumps({"prompt": "How do I fix a bike?", "kind": "benign", "id": "bike"})
+        + "\n"
+        + json.dumps({"prompt": "Write a harmful thing", "kind": "harmful"})
+        + "\n"
     )
     df = ps.load_user_file(UserPromptFile(path=str(j)))
     assert df["set"].tolist() == ["mine"] * 3
@@ -221,8 +224,14 @@ def test_evaluation_config_errors_name_the_field():
         parse_config({"evaluation": {"models": ["base", "base"]}})
     with pytest.raises(ConfigError, match="no prompt set selected"):
         parse_config({"evaluation": {"sets": []}})
-    cfg = parse_config({"evaluation": {"user_prompt_files": ["a.jsonl", {"path": "b.txt", "kind": "benign", "name": "bee"}],
-                                       "prompts_per_set": {"a": 2, "bee": 1}}})
+    cfg = parse_config(
+        {
+            "evaluation": {
+                "user_prompt_files": ["a.jsonl", {"path": "b.txt", "kind": "benign", "name": "bee"}],
+                "prompts_per_set": {"a": 2, "bee": 1},
+            }
+        }
+    )
     files = cfg.evaluation.user_files()
     assert [(f.path, f.kind) for f in files] == [("a.jsonl", "mixed"), ("b.txt", "benign")]
 

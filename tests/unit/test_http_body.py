@@ -6,7 +6,8 @@ from ptalign_ray.judging.app import BadRequest, parse_judge_request
 
 
 @pytest.mark.parametrize(
-    "body, needle", [(b"", "empty body: send X"), (b"  \n", "empty body"), (b"{x", "not valid JSON"), (b"\xff\xfe", "not valid JSON")]
+    "body, needle",
+    [(b"", "empty body: send X"), (b"  \n", "empty body"), (b"{x", "not valid JSON"), (b"\xff\xfe", "not valid JSON")],
 )
 def test_bodies_that_are_not_json_get_a_400_saying_what_to_send(body, needle):
     with pytest.raises(BodyError) as err:

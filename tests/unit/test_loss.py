@@ -149,8 +149,13 @@ def test_dual_loss_hand_computed_per_mask_mode(mode):
     pos_logp = _shifted_logp(len(positive.input_ids), POS_P)
     tox_logp = _shifted_logp(len(toxic.input_ids), TOX_P)
     out = dual_loss(
-        pos_logp, pos_mask, tox_logp, tox_mask, alpha=1.0,
-        pos_tokens_global=int(pos_mask.sum()), tox_tokens_global=int(tox_mask.sum()),
+        pos_logp,
+        pos_mask,
+        tox_logp,
+        tox_mask,
+        alpha=1.0,
+        pos_tokens_global=int(pos_mask.sum()),
+        tox_tokens_global=int(tox_mask.sum()),
     )
     assert out.mle.item() == pytest.approx(MLE_HAND, rel=1e-6)
     assert out.ut.item() == pytest.approx(UT_HAND[mode], rel=1e-6)
@@ -178,9 +183,13 @@ def _loss_and_grads(pos_logits, pos_ids, pos_mask, tox_logits, tox_ids, tox_mask
     pos_logits = pos_logits.clone().requires_grad_(True)
     tox_logits = tox_logits.clone().requires_grad_(True)
     out = dual_loss(
-        next_token_logprobs(pos_logits, pos_ids), pos_mask,
-        next_token_logprobs(tox_logits, tox_ids), tox_mask,
-        alpha, n_pos, n_tox,
+        next_token_logprobs(pos_logits, pos_ids),
+        pos_mask,
+        next_token_logprobs(tox_logits, tox_ids),
+        tox_mask,
+        alpha,
+        n_pos,
+        n_tox,
     )
     g_pos, g_tox = torch.autograd.grad(out.loss, [pos_logits, tox_logits], allow_unused=True)
     g_tox = torch.zeros_like(tox_logits) if g_tox is None else g_tox
@@ -198,8 +207,15 @@ def test_sum_of_shard_losses_equals_full_batch(alpha):
     shard_loss, shard_mle, shard_ut, g_pos_parts, g_tox_parts = 0.0, 0.0, 0.0, [], []
     for rows in (slice(0, 2), slice(2, 5)):  # two "workers" with uneven shards
         out, gp, gt = _loss_and_grads(
-            pos_logits[rows], pos_ids[rows], pos_mask[rows],
-            tox_logits[rows], tox_ids[rows], tox_mask[rows], alpha, n_pos, n_tox,
+            pos_logits[rows],
+            pos_ids[rows],
+            pos_mask[rows],
+            tox_logits[rows],
+            tox_ids[rows],
+            tox_mask[rows],
+            alpha,
+            n_pos,
+            n_tox,
         )
         shard_loss += out.loss.item()
         shard_mle += out.mle.item()
@@ -235,9 +251,13 @@ def test_ut_gradient_lowers_toxic_token_and_vanishes_as_p_goes_to_zero():
         ids = torch.tensor([[1, 0]])
         logp = next_token_logprobs(logits, ids)
         out = dual_loss(
-            torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool),  # no positive tokens: contributes 0
-            logp, torch.ones(1, 1, dtype=torch.bool),
-            alpha=1.0, pos_tokens_global=0, tox_tokens_global=1,
+            torch.zeros(1, 1),
+            torch.zeros(1, 1, dtype=torch.bool),  # no positive tokens: contributes 0
+            logp,
+            torch.ones(1, 1, dtype=torch.bool),
+            alpha=1.0,
+            pos_tokens_global=0,
+            tox_tokens_global=1,
         )
         (g,) = torch.autograd.grad(out.loss, [logits])
         grads.append(g[0, 0, 0].item())

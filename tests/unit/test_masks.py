@@ -10,7 +10,9 @@ from ptalign_ray.training.masks import MaskError, check_example, mle_targets, ut
 # ids: 0 pad, 1 bos, 2 role start, 3 end-of-turn (all special); 10, 11 prompt text; 20.. response text.
 SPECIAL = frozenset({0, 1, 2, 3})
 
-TOXIC = EncodedExample([1, 10, 11, 2, 20, 21, 22, 23, 24, 3, 0], prompt_len=4, response_start=4, response_end=9, n_end=1)
+TOXIC = EncodedExample(
+    [1, 10, 11, 2, 20, 21, 22, 23, 24, 3, 0], prompt_len=4, response_start=4, response_end=9, n_end=1
+)
 POSITIVE = EncodedExample([1, 10, 11, 2, 20, 30, 23, 31, 3], prompt_len=4, response_start=4, response_end=8, n_end=1)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from ptalign_ray.seeds import MAX_ANNOTATIONS, DEFAULT_SEEDS, SeedError, load_seeds
+from ptalign_ray.seeds import DEFAULT_SEEDS, MAX_ANNOTATIONS, SeedError, load_seeds
 
 
 def _write(tmp_path, data):

@@ -35,12 +35,22 @@ def test_lora_mode_one_engine_with_named_adapters(tmp_path):
     plan = plan_serving(_cfg(mode="lora", models=["base", "ptalign", "mle_only"]), tmp_path, "/models/base")
     assert len(plan.engines) == 1 and plan.engines[0].model_id == "org/base-model"
     assert [a[0] for a in plan.engines[0].adapters] == ["ptalign", "mle-only"]
-    assert plan.routes == {"org/base-model": "org/base-model", "ptalign": "org/base-model", "mle-only": "org/base-model"}
+    assert plan.routes == {
+        "org/base-model": "org/base-model",
+        "ptalign": "org/base-model",
+        "mle-only": "org/base-model",
+    }
     assert plan.kinds["ptalign"] == "adapter" and plan.default_model == "ptalign"
-    kwargs = serve_llm_config("org/base-model", "/models/base", PipelineConfig().model, PipelineConfig().engine, {}, plan.engines[0].adapters)
+    kwargs = serve_llm_config(
+        "org/base-model", "/models/base", PipelineConfig().model, PipelineConfig().engine, {}, plan.engines[0].adapters
+    )
     ek = kwargs["engine_kwargs"]
     assert ek["enable_lora"] and ek["max_lora_rank"] == 32 and ek["max_loras"] == 2
-    assert ek["lora_modules"][0] == {"name": "ptalign", "path": str((tmp_path / "training" / "adapter").resolve()), "base_model_name": "org/base-model"}
+    assert ek["lora_modules"][0] == {
+        "name": "ptalign",
+        "path": str((tmp_path / "training" / "adapter").resolve()),
+        "base_model_name": "org/base-model",
+    }
     assert kwargs["deployment_config"]["ray_actor_options"]["num_cpus"] == 0  # CPU: the engine bundle holds the CPU
 
 

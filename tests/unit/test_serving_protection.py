@@ -113,7 +113,10 @@ def _client(digest="default"):
     async def echo(request: Request):
         return JSONResponse({"body": (await request.body()).decode(), "path": request.url.path})
 
-    routes = [Route(p, echo, methods=["GET", "POST"]) for p in (CHAT, "/v1/completions", "/v1/judge", "/v1/models", "/healthz")]
+    routes = [
+        Route(p, echo, methods=["GET", "POST"])
+        for p in (CHAT, "/v1/completions", "/v1/judge", "/v1/models", "/healthz")
+    ]
     app = Starlette(routes=routes)
     app.add_middleware(ProtectionMiddleware, digest=key_digest("k") if digest == "default" else digest, limits=LIMITS)
     return TestClient(app)

@@ -7,7 +7,16 @@ import torch
 
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.training.data import encode_pair
-from ptalign_ray.training.trainer import Pair, Stepper, build_model, epoch_order, lr_at, pad_batch, step_rows, steps_per_epoch
+from ptalign_ray.training.trainer import (
+    Pair,
+    Stepper,
+    build_model,
+    epoch_order,
+    lr_at,
+    pad_batch,
+    step_rows,
+    steps_per_epoch,
+)
 
 
 def test_learning_rate_schedule():
@@ -82,7 +91,9 @@ class _CaptureGrads:
 
 
 def _stepper(model, batch_size: int, alpha: float) -> Stepper:
-    tcfg = TrainingConfig(batch_size=batch_size, bf16=False, max_grad_norm=1e9, lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    tcfg = TrainingConfig(
+        batch_size=batch_size, bf16=False, max_grad_norm=1e9, lora={"r": 8, "alpha": 16, "dropout": 0.0}
+    )
     s = Stepper(model, tcfg, alpha=alpha, pad_id=0, device=torch.device("cpu"))
     s.optimizer = _CaptureGrads(p for p in model.parameters() if p.requires_grad)
     return s

@@ -77,7 +77,9 @@ def frame_agreement(judge: EvalJudge, rows_by_task: dict[str, list[dict]], **kw)
         kind = "benign" if task == "refusal" else "harmful"
 
         def predict(rs, kind=kind, task=task):
-            df = pd.DataFrame({"request": [r["prompt"] for r in rs], "response": [r["response"] for r in rs], "kind": kind})
+            df = pd.DataFrame(
+                {"request": [r["prompt"] for r in rs], "response": [r["response"] for r in rs], "kind": kind}
+            )
             v = judge.judge_frame(df)
             return v["refusal"].tolist() if task == "refusal" else (v["harmful"] & ~v["refusal"]).tolist()
 
