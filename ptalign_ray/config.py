@@ -274,6 +274,11 @@ class ServingConfig(_Section):
         1024, description="Largest max_tokens a request may ask for; also the default when it asks for none."
     )
     max_n: PositiveInt = 4
+    max_request_tokens: PositiveInt = Field(
+        16_384,
+        description="Largest total generation one request may ask for: prompts x n x max_tokens (a request that "
+        "names no max_tokens counts max_tokens_limit). Bounds the work, not only the characters, of a request.",
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="A request still generating after this gets an error.")
     min_replicas: PositiveInt = 1
     max_replicas: PositiveInt = 1
@@ -490,15 +495,23 @@ class PipelineConfig(_Section):
 def format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:
     """One readable message per bad field: its dotted path, what is wrong and the value given."""
     lines = [f"invalid {what} {source}:"]
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:MAX_ERRORS_SHOWN]:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling)"
         elif "input" in e and not isinstance(e["input"], (dict, list)):
-            msg = f"{msg} (got {e['input']!r})"
+            got = repr(e["input"])
+            msg = f"{msg} (got {got[:80] + '...' if len(got) > 80 else got})"
         lines.append(f"  - {where}: {msg}")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"  - ... and {len(errors) - MAX_ERRORS_SHOWN} more errors of the same kind")
     return "\n".join(lines)
+
+
+# A message stays readable (and small) however many fields of a request are wrong.
+MAX_ERRORS_SHOWN = 10
 
 
 def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptalign_ray.config import JudgeConfig, format_validation_error
-from ptalign_ray.http_body import BodyError, parse_json_body
+from ptalign_ray.http_body import BodyError, parse_json_body, read_body_limited
 
 APP_NAME = "judge"
 ROUTE_PREFIX = "/"
@@ -58,6 +58,10 @@ def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
         raise BadRequest(err.status, err.message) from None
     if not isinstance(data, dict):
         raise BadRequest(422, 'body must be a JSON object like {"items": [...]}')
+    # the count first: validating (and echoing) a huge list costs memory and time on the event loop
+    items = data.get("items")
+    if isinstance(items, list) and len(items) > cfg.max_items:
+        raise BadRequest(422, f"{len(items)} items; at most {cfg.max_items} per request (judge.max_items)")
     try:
         req = JudgeRequest.model_validate(data)
     except ValidationError as err:
@@ -103,7 +107,12 @@ def build_judge_deployment(cfg: JudgeConfig, policy_model_path: Optional[str] = 
         @api.post("/v1/judge")
         async def judge(self, request: Request):
             try:
-                items = parse_judge_request(await request.body(), self.cfg)
+                body = await read_body_limited(
+                    request, max_body_bytes(self.cfg), "judge.max_items x judge.max_text_chars"
+                )
+                items = parse_judge_request(body, self.cfg)
+            except BodyError as err:
+                return JSONResponse({"error": {"message": err.message, "type": "invalid_request"}}, err.status)
             except BadRequest as err:
                 return JSONResponse({"error": {"message": err.message, "type": "invalid_request"}}, err.status)
             import asyncio

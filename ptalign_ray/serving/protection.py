@@ -104,6 +104,7 @@ class Limits:
     max_prompt_chars: int = 16_000
     max_tokens: int = 1024
     max_n: int = 4
+    max_request_tokens: int = 16_384
     # Larger bodies allowed on some paths (the judge takes batches of items).
     body_limits: dict[str, int] = field(default_factory=dict)
 
@@ -114,6 +115,7 @@ class Limits:
             max_prompt_chars=serving.max_prompt_chars,
             max_tokens=serving.max_tokens_limit,
             max_n=serving.max_n,
+            max_request_tokens=serving.max_request_tokens,
             body_limits=dict(body_limits or {}),
         )
 
@@ -145,6 +147,41 @@ def _prompt_chars(prompt: Any) -> int:
     return 0
 
 
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+def _check_messages(messages: Any) -> None:
+    """Chat messages: {role, content} objects with a known role and text content (a string or a
+    list of {"type": "text", "text": ...} parts); anything else is a 400 naming the message."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object like {{'role': 'user', 'content': '...'}}", "messages")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            shown = repr(role)[:40]
+            raise ApiError(400, f"{where}.role must be one of {sorted(ROLES)}, got {shown}", "messages")
+        content = m.get("content")
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise ApiError(400, f"{where}.content must be a string or a list of text parts", "messages")
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise ApiError(
+                    400, f"{where}.content[{j}] must be {{'type': 'text', 'text': '...'}} (text only)", "messages"
+                )
+
+
+def _prompt_count(prompt: Any) -> int:
+    """How many prompts a completions request holds (a string or token list is one)."""
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return len(prompt)
+    return 1
+
+
 def _positive_int(data: dict, key: str, limit: int, what: str) -> None:
     value = data.get(key)
     if value is None:
@@ -171,15 +208,25 @@ def check_generation_request(path: str, data: Any, limits: Limits) -> None:
         _positive_int(data, key, limits.max_n, "serving.max_n")
     if path == CHAT_PATH:
         messages = data.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
-        chars = sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
-        param = "messages"
+        _check_messages(messages)
+        chars = sum(_text_chars(m.get("content")) for m in messages)
+        param, prompts = "messages", 1
     else:
         if "prompt" not in data:
             raise ApiError(400, "prompt is required", "prompt")
         chars = _prompt_chars(data.get("prompt"))
-        param = "prompt"
+        param, prompts = "prompt", _prompt_count(data.get("prompt"))
+    # the work of a request, not only its size: prompts x n x max_tokens generated tokens
+    per_answer = data.get("max_tokens") or data.get("max_completion_tokens") or limits.max_tokens
+    answers = prompts * max(int(data.get("n") or 1), int(data.get("best_of") or 1))
+    if answers * per_answer > limits.max_request_tokens:
+        raise ApiError(
+            400,
+            f"this request asks for up to {answers} answers x {per_answer} tokens = {answers * per_answer} tokens; "
+            f"this server generates at most {limits.max_request_tokens} per request (serving.max_request_tokens): "
+            "send fewer prompts, a smaller n or a smaller max_tokens",
+            param,
+        )
     if chars > limits.max_prompt_chars:
         raise ApiError(
             400,
