@@ -187,7 +187,7 @@ class StepTimer:
         """Where the stage's wall time went: engine starts, each step's own work, the rest."""
         start = round(sum(s.get("engine_start_s", 0.0) for s in self.steps.values()), 2)
         work = {n: round(s["seconds"] - s.get("engine_start_s", 0.0), 2) for n, s in self.steps.items()}
-        other = round(self.wall_seconds - start - sum(work.values()), 2)
+        other = max(0.0, round(self.wall_seconds - start - sum(work.values()), 2))
         return {"wall_s": self.wall_seconds, "engine_start_s": start, "steps_s": work, "other_s": other}
 
     @property
