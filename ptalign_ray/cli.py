@@ -187,9 +187,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ptalign_ray.artifacts import load_benign
     from ptalign_ray.refinement.export import export
     from ptalign_ray.refinement.pipeline import load_refined
-    from ptalign_ray.synthesis.pipeline import load_benign
 
     run = RunDir(args.run_dir)
     benign = load_benign(run, "refinement")

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
+from ptalign_ray.artifacts import MODEL_LABELS, VARIANTS
 from ptalign_ray.config import PipelineConfig
 from ptalign_ray.evaluation.compare import disagreements, inter_judge
 from ptalign_ray.evaluation.judges import build_judge
@@ -46,8 +47,7 @@ from ptalign_ray.runs import (
 )
 
 STAGE = "evaluation"
-TRAINED = {"ptalign": "training", "mle_only": "training_mle_only"}
-MODEL_LABELS = {"base": "base", "mle_only": "MLE-only", "ptalign": "PT-ALIGN"}
+TRAINED = {name: v.stage for name, v in VARIANTS.items()}
 VERDICT_COLUMNS = ["refusal", "harmful", "marker_refusal", "score", "relevance"]
 
 
@@ -84,8 +84,8 @@ def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[d
 def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, list[str]], dict]:
     """Questions the models saw or were built from: seeds, synthesised and refined questions
     (red-team and benign)."""
+    from ptalign_ray.artifacts import load_benign
     from ptalign_ray.seeds import load_seeds, seeds_hash
-    from ptalign_ray.synthesis.pipeline import load_benign
 
     seeds = load_seeds(cfg.seeds)
     refs = {"seeds": list(dict.fromkeys(seeds.all_questions()))}

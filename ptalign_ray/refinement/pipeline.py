@@ -15,7 +15,9 @@ from typing import Optional
 
 import pandas as pd
 
+from ptalign_ray.artifacts import BENIGN_DIR, SYNTHESIS, load_benign, load_triplets
 from ptalign_ray.config import JudgeConfig, PipelineConfig
+from ptalign_ray.dedup import near_duplicate_mask
 from ptalign_ray.generation import generate, token_stats
 from ptalign_ray.refinement.client import JudgeClient, JudgeUnavailable
 from ptalign_ray.refinement.criteria import better, failure_reason
@@ -31,9 +33,6 @@ from ptalign_ray.runs import (
     write_parquet_atomic,
 )
 from ptalign_ray.seeds import load_seeds, seeds_hash
-from ptalign_ray.synthesis.dedup import near_duplicate_mask
-from ptalign_ray.synthesis.pipeline import BENIGN_DIR, load_benign, load_triplets
-from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
 
 STAGE = "refinement"
 BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "refusal", "score", "model", "config_hash"]

@@ -106,8 +106,8 @@ def test_safe_lookalikes_cover_the_xstest_style_categories():
 
 
 def test_packaged_benign_sets_do_not_near_duplicate_the_seed_questions():
+    from ptalign_ray.dedup import rouge_l_f1, tokenize
     from ptalign_ray.seeds import load_seeds
-    from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
 
     seeds = [tokenize(q) for q in load_seeds("default").all_questions()]
     assert seeds
