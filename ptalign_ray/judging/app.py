@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptalign_ray.config import JudgeConfig, format_validation_error
-from ptalign_ray.http_body import BodyError, parse_json_body, read_body_limited
+from ptalign_ray.http_body import HttpError, parse_json_body, read_body_limited
 
 APP_NAME = "judge"
 ROUTE_PREFIX = "/"
@@ -36,43 +36,33 @@ class JudgeRequest(BaseModel):
     items: list[JudgeItem] = Field(min_length=1)
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def max_body_bytes(cfg: JudgeConfig) -> int:
     # Room for every item at the text limit (4 bytes per char worst case for UTF-8 / escapes) + JSON.
     return cfg.max_items * (2 * cfg.max_text_chars * 4 + 64) + 1024
 
 
 def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
-    """Validates a raw request body; raises BadRequest(status, message) saying what to fix."""
+    """Validates a raw request body; raises HttpError(status, message) saying what to fix."""
     if len(body) > max_body_bytes(cfg):
-        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
-    try:
-        data = parse_json_body(body, 'JSON like {"items": [{"prompt": "...", "response": "..."}]}')
-    except BodyError as err:
-        raise BadRequest(err.status, err.message) from None
+        raise HttpError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
+    data = parse_json_body(body, 'JSON like {"items": [{"prompt": "...", "response": "..."}]}')
     if not isinstance(data, dict):
-        raise BadRequest(422, 'body must be a JSON object like {"items": [...]}')
+        raise HttpError(422, 'body must be a JSON object like {"items": [...]}')
     # the count first: validating (and echoing) a huge list costs memory and time on the event loop
     items = data.get("items")
     if isinstance(items, list) and len(items) > cfg.max_items:
-        raise BadRequest(422, f"{len(items)} items; at most {cfg.max_items} per request (judge.max_items)")
+        raise HttpError(422, f"{len(items)} items; at most {cfg.max_items} per request (judge.max_items)")
     try:
         req = JudgeRequest.model_validate(data)
     except ValidationError as err:
-        raise BadRequest(422, format_validation_error(err, "body", what="request")) from None
+        raise HttpError(422, format_validation_error(err, "body", what="request")) from None
     if len(req.items) > cfg.max_items:
-        raise BadRequest(422, f"{len(req.items)} items; at most {cfg.max_items} per request (judge.max_items)")
+        raise HttpError(422, f"{len(req.items)} items; at most {cfg.max_items} per request (judge.max_items)")
     for i, item in enumerate(req.items):
         for field in ("prompt", "response"):
             n = len(getattr(item, field))
             if n > cfg.max_text_chars:
-                raise BadRequest(422, f"items.{i}.{field} has {n} characters; the limit is {cfg.max_text_chars}")
+                raise HttpError(422, f"items.{i}.{field} has {n} characters; the limit is {cfg.max_text_chars}")
     return [item.model_dump(exclude_none=True) for item in req.items]
 
 
@@ -111,10 +101,8 @@ def build_judge_deployment(cfg: JudgeConfig, policy_model_path: Optional[str] = 
                     request, max_body_bytes(self.cfg), "judge.max_items x judge.max_text_chars"
                 )
                 items = parse_judge_request(body, self.cfg)
-            except BodyError as err:
-                return JSONResponse({"error": {"message": err.message, "type": "invalid_request"}}, err.status)
-            except BadRequest as err:
-                return JSONResponse({"error": {"message": err.message, "type": "invalid_request"}}, err.status)
+            except HttpError as err:
+                return JSONResponse(err.body(), err.status)
             import asyncio
 
             verdicts = await asyncio.to_thread(self.backend.judge, items)

@@ -33,13 +33,13 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 from starlette.responses import StreamingResponse
 
 from ptalign_ray.config import JudgeConfig, PipelineConfig, ServingConfig
+from ptalign_ray.http_body import HttpError, error_body
 from ptalign_ray.serving.plan import ServingPlan, plan_serving
 from ptalign_ray.serving.protection import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     Limits,
     ProtectionMiddleware,
-    error_body,
     key_digest,
     load_api_key,
     timeout_message,
@@ -181,14 +181,14 @@ class PtalignIngress(OpenAiIngress):
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def judge(self, request: Request):
-        from ptalign_ray.judging.app import BadRequest, parse_judge_request
+        from ptalign_ray.judging.app import parse_judge_request
 
         if self._judge is None:
             return JSONResponse(error_body(404, "the judge is not served here (serving.judge: false)"), status_code=404)
         try:
             items = parse_judge_request(await request.body(), self._judge_cfg)
-        except BadRequest as err:
-            return JSONResponse(error_body(err.status, err.message), status_code=err.status)
+        except HttpError as err:
+            return JSONResponse(err.body(), status_code=err.status)
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await self._judge.judge_items.remote(items)
