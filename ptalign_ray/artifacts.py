@@ -53,6 +53,20 @@ def load_benign(run: RunDir, stage: str = SYNTHESIS) -> pd.DataFrame:
     return df if "kind" in df else df.assign(kind=BENIGN)
 
 
+def stage_digest(run: RunDir, stage: str) -> str:
+    """Identity of one publication of a finished stage: a digest of its manifest (which records
+    counts and timings, so every re-run publishes a new identity). Downstream stages put it in their
+    config hash, so a re-synthesised dataset makes refinement, training and evaluation run again
+    instead of looking finished on stale data."""
+    path = run.stage_dir(stage) / "manifest.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def upstream_key(run: RunDir, stage: str) -> str:
+    """What a downstream stage hashes of a finished upstream stage: its config hash and publication."""
+    return f"{run.manifest(stage).get('config_hash', '')}:{stage_digest(run, stage)}"
+
+
 # -- models ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:

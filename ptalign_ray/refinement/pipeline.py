@@ -15,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ptalign_ray.artifacts import BENIGN_DIR, SYNTHESIS, load_benign, load_triplets
+from ptalign_ray.artifacts import BENIGN_DIR, SYNTHESIS, load_benign, load_triplets, upstream_key
 from ptalign_ray.config import JudgeConfig, PipelineConfig
 from ptalign_ray.dedup import near_duplicate_mask
 from ptalign_ray.generation import generate, token_stats
@@ -245,7 +245,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     if syn is None:
         raise FileNotFoundError(f"no finished synthesis in {run.root}; run `ptalign synthesize` first")
     seeds = load_seeds(cfg.seeds)
-    chash = config_hash(cfg, syn["config_hash"], seeds)
+    chash = config_hash(cfg, upstream_key(run, SYNTHESIS), seeds)
     if force:
         run.clear(STAGE)
     done = finished_stage(run, STAGE, chash, log)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ptalign_ray.artifacts import training_stage
+from ptalign_ray.artifacts import training_stage, upstream_key
 from ptalign_ray.config import PipelineConfig
 from ptalign_ray.runs import MANIFEST, RunDir, StageConfigMismatch, finished_stage, versions, write_json_atomic  # noqa: F401
 
@@ -115,7 +115,7 @@ def train_stage(
     if force:
         run.clear(stage)
     source = source_stage(run)
-    source_hash = str(run.manifest(source).get("config_hash", ""))
+    source_hash = upstream_key(run, source)
     chash = training_hash(cfg, variant, source, source_hash)
     done = finished_stage(run, stage, chash, log)
     if done is not None:
