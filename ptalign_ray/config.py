@@ -148,8 +148,31 @@ class SynthesisConfig(_Section):
 class JudgeConfig(_Section):
     """The safety judge served on Ray Serve (used by refinement and evaluation)."""
 
-    backend: Literal["offline", "llm"] = "offline"
+    backend: str = Field(
+        "offline",
+        description="Judge backend: a module of ptalign_ray/judging/ that defines make_judge(cfg, policy_model_path, "
+        "engine) - 'offline' (MiniLM probes + refusal markers, CPU) or 'llm' (a chat model on vLLM: Llama Guard 3 or "
+        "a rubric-prompted model).",
+    )
     model: Optional[str] = Field(None, description="Judge chat model for backend 'llm'; None = the policy model.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per judge replica (Ray Serve ray_actor_options).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per judge replica (1 for an 'llm' judge on a GPU cluster).")
+    replicas: PositiveInt = Field(1, description="Judge replicas behind the endpoint.")
+    engine: Optional[EngineConfig] = Field(
+        None, description="vLLM engine settings of an 'llm' judge; None = the pipeline's `engine` section."
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        import importlib.util
+
+        if not value.isidentifier() or importlib.util.find_spec(f"ptalign_ray.judging.{value}") is None:
+            raise ValueError(
+                f"unknown judge backend {value!r}: expected a module of ptalign_ray/judging/ ('offline', 'llm')"
+            )
+        return value
+
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=1, le=65535)
     max_items: PositiveInt = 256

@@ -260,7 +260,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
         from ptalign_ray.judging.app import start_judge
 
         log(f"[refinement] starting the {cfg.judge.backend} judge on Ray Serve at {cfg.judge.host}:{cfg.judge.port}")
-        judge_url = start_judge(cfg.judge, model_path)
+        judge_url = start_judge(cfg.judge, model_path, cfg.engine)
         started_judge = True
     try:
         if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():

@@ -256,7 +256,7 @@ def build_app(
     options["name"] = "PtalignIngress"
     if cfg.engine.device == "cpu":
         options["ray_actor_options"] = {"num_cpus": 0}  # an asyncio forwarder; logical CPUs are scarce
-    judge = build_judge_worker(cfg.judge, model_path) if cfg.serving.judge else None
+    judge = build_judge_worker(cfg.judge, model_path, cfg.engine) if cfg.serving.judge else None
     ingress = serve.deployment(ingress_cls, **options).bind(
         llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
         model_cards={c.model_id: _model_card(c.model_id, "engine", c.model_id) for c in llm_configs},

@@ -67,3 +67,22 @@ def test_section_hash_is_stable_and_sensitive():
     b.synthesis.questions_per_topic += 1
     assert a.section_hash("synthesis") != b.section_hash("synthesis")
     assert a.section_hash("training") == b.section_hash("training")
+
+
+def test_judge_backend_is_a_module_of_the_judging_package():
+    from ptalign_ray.config import JudgeConfig
+
+    assert JudgeConfig(backend="llm").backend == "llm"
+    with pytest.raises(ValueError, match="unknown judge backend 'guardian'"):
+        JudgeConfig(backend="guardian")
+    with pytest.raises(ConfigError, match="judge.backend"):
+        parse_config({"judge": {"backend": "../etc"}})
+
+
+def test_judge_deployments_take_resources_from_config():
+    from ptalign_ray.config import JudgeConfig
+    from ptalign_ray.judging.app import deployment_options
+
+    opts = deployment_options(JudgeConfig(num_cpus=4, num_gpus=1, replicas=2))
+    assert opts["num_replicas"] == 2 and opts["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
+    assert deployment_options(JudgeConfig())["ray_actor_options"] == {"num_cpus": 1.0}
