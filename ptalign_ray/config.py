@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -343,8 +343,19 @@ class ServingConfig(_Section):
         return self
 
 
-PromptSet = Literal["harmbench", "advbench", "jailbreak", "overrefusal", "everyday", "safe_lookalikes"]
 EvalModel = Literal["base", "mle_only", "ptalign"]
+
+
+def _packaged_set(name: str) -> str:
+    from ptalign_ray.evaluation.prompt_sets import packaged_set_names  # the registry of packaged sets
+
+    known = packaged_set_names()
+    if name not in known:
+        raise ValueError(f"unknown prompt set {name!r}; packaged sets: {known} (user files go in user_prompt_files)")
+    return name
+
+
+PromptSet = Annotated[str, AfterValidator(_packaged_set)]
 
 
 class UserPromptFile(_Section):
@@ -402,6 +413,7 @@ class EvaluationConfig(_Section):
         "everyday requests in 20 domains) and safe_lookalikes (97 XSTest-style safe prompts that share words with "
         "harmful ones); the last two are written for ptalign-ray and ship in ptalign_ray/evaluation/data/.",
     )
+
     models: list[EvalModel] = Field(
         ["base", "mle_only", "ptalign"],
         description="Models compared: base (the policy model), mle_only (RUN/training_mle_only/merged), ptalign "

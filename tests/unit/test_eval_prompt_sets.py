@@ -249,3 +249,10 @@ def test_cli_rejects_a_bad_evaluation_config_with_exit_2(tmp_path):
     assert out.returncode == 2
     assert "evaluation.sets.1" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_registry_is_the_one_list_of_packaged_sets():
+    from ptalign_ray.config import EvaluationConfig
+
+    assert set(ps.LOADERS) == set(ps.SOURCES)  # every registered set has its provenance and license
+    assert EvaluationConfig(sets=list(ps.LOADERS)).sets == list(ps.LOADERS)
