@@ -64,12 +64,14 @@ ENDPOINTS = {
 def _fastapi_app():
     # Ray LLM's own app factory: its exception handlers turn validation errors into OpenAI-style
     # 400s and engine errors into their status codes. Internal API, so imported in one place.
+    # Ray 2.60 has no public app factory: ray.serve.llm.ingress exports only OpenAiIngress, make_fastapi_ingress.
     from ray.llm._internal.serve.core.ingress.ingress import init
 
     return init()
 
 
 def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
+    # Ray 2.60 has no public ModelCard: ray.serve.llm.openai_api_models exports request / response models only.
     from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 
     return ModelCard(
@@ -127,6 +129,7 @@ class PtalignIngress(OpenAiIngress):
         return self._cards.get(model_id)
 
     async def models(self):
+        # Ray 2.60 has no public ModelList: ray.serve.llm.openai_api_models exports request / response models only.
         from ray.llm._internal.serve.core.configs.openai_api_models import ModelList
 
         return ModelList(data=list(self._cards.values()))
