@@ -15,7 +15,7 @@ import time
 
 from synthesis_throughput import machine, report
 
-from ptalign_ray.synthesis.dedup import near_duplicate_mask, rouge_l_f1, tokenize
+from ptalign_ray.dedup import near_duplicate_mask, rouge_l_f1, tokenize
 
 STARTS = [
     "How can I",

@@ -187,9 +187,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ptalign_ray.artifacts import load_benign
     from ptalign_ray.refinement.export import export
     from ptalign_ray.refinement.pipeline import load_refined
-    from ptalign_ray.synthesis.pipeline import load_benign
 
     run = RunDir(args.run_dir)
     benign = load_benign(run, "refinement")
@@ -244,6 +244,64 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _type_name(annotation) -> str:
+    """A config field's type as a reader writes it: ``int | tuple[int, int]``, ``'cpu' | 'gpu'``."""
+    import types
+    from typing import Annotated, Literal, Union, get_args, get_origin
+
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, dict, tuple):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def cmd_config_schema(args) -> int:
+    """Every config field as `dotted.path  type  default  description`, grouped by section (or, with
+    --json, the JSON schema). Needs no Ray and no model."""
+    import json
+
+    from pydantic import BaseModel
+    from pydantic_core import to_jsonable_python
+
+    from ptalign_ray.config import REQUIRED, config_fields
+
+    if args.json:
+        return _print_all(json.dumps(PipelineConfig.model_json_schema(), indent=2))
+    groups: dict[str, list[tuple[str, str, str, str]]] = {"": []}  # top-level settings first, then sections
+    for path, field, default in config_fields():
+        if isinstance(default, BaseModel):
+            shown = "(section)"
+        elif default is REQUIRED:
+            shown = REQUIRED
+        else:
+            shown = json.dumps(to_jsonable_python(default))
+        top = path.split(".")[0]
+        group = top if "." in path or isinstance(default, BaseModel) else ""
+        groups.setdefault(group, []).append((path, _type_name(field.annotation), shown, field.description or ""))
+    rows = [row for lines in groups.values() for row in lines]
+    wp, wt = max(len(r[0]) for r in rows), min(24, max(len(r[1]) for r in rows))  # a long type overflows
+    blocks = ["\n".join(f"{p:<{wp}}  {t:<{wt}}  {d}  {desc}" for p, t, d, desc in lines) for lines in groups.values()]
+    return _print_all("\n\n".join(b for b in blocks if b))
+
+
+def _print_all(text: str) -> int:
+    """Prints to stdout; a reader that closes the pipe early (`| head`) is not an error."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptalign", description=__doc__.splitlines()[0])
     p.add_argument("--verbose", "-v", action="store_true", help="also print Ray's, vLLM's and Ray Train's own output")
@@ -287,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
     v.add_argument("--config", "-c", default=None)
     v.set_defaults(fn=cmd_validate)
+    cs = sub.add_parser(
+        "config-schema", help="list every config field: dotted path, type, default, description (no Ray, no model)"
+    )
+    cs.add_argument("--json", action="store_true", help="print the JSON schema of the config instead")
+    cs.set_defaults(fn=cmd_config_schema)
     return p
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Iterator, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -44,18 +44,35 @@ class ModelConfig(_Section):
         description=f"'{EMBEDDED_MODEL}' (packaged SmolLM2, materialised once into $PTALIGN_HOME), "
         "a Hugging Face model id, or a local directory.",
     )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description="Weight dtype of the vLLM engines ('auto' = the checkpoint's). Training does not use it "
+        "(float32, or bfloat16 base weights for LoRA on GPU with training.bf16).",
+    )
     max_model_len: PositiveInt = Field(2048, description="Context length given to vLLM.")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the model repository (vLLM engines, tokenizer, training, adapter "
+        "merge); only for models you trust.",
+    )
 
 
 class SamplingConfig(_Section):
     """vLLM sampling parameters for one generation step."""
 
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: PositiveInt = 256
-    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(
+        0.95, gt=0.0, le=1.0, description="Nucleus sampling: keep the most likely tokens up to this mass; 1 = off."
+    )
+    max_tokens: PositiveInt = Field(
+        256, description="Most tokens generated per answer (also capped by the context left after the prompt)."
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=2.0,
+        description="vLLM repetition penalty: above 1 discourages tokens already in the prompt or answer; 1 = off.",
+    )
 
     def to_vllm(self) -> dict:
         return self.model_dump()
@@ -64,18 +81,28 @@ class SamplingConfig(_Section):
 class EngineConfig(_Section):
     """How the vLLM engines are placed and scaled by Ray (Data and Serve)."""
 
-    device: Literal["cpu", "gpu"] = "cpu"
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="Where the vLLM engines run: 'cpu' (vLLM-CPU on loopback, CPU bundles of cpus_per_engine) or "
+        "'gpu' (one GPU per tensor / pipeline parallel worker).",
+    )
     concurrency: Concurrency = Field(
         1, description="Engine actors: an int for a fixed pool, [min, max] for an autoscaling pool."
     )
     batch_size: PositiveInt = Field(64, description="Rows per batch sent to one engine actor.")
-    tensor_parallel_size: PositiveInt = 1
-    pipeline_parallel_size: PositiveInt = 1
+    tensor_parallel_size: PositiveInt = Field(
+        1, description="vLLM tensor-parallel workers per engine (each takes a GPU, or cpus_per_engine on CPU)."
+    )
+    pipeline_parallel_size: PositiveInt = Field(
+        1, description="vLLM pipeline-parallel stages per engine (each takes a GPU, or cpus_per_engine on CPU)."
+    )
     accelerator_type: Optional[str] = Field(None, description="Ray accelerator type, e.g. 'H100'.")
     cpus_per_engine: float = Field(1.0, gt=0, description="Logical CPUs reserved per engine worker.")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM may use (weights + KV cache); GPU only."
+    )
     cpu_kvcache_space_gib: PositiveInt = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
-    max_num_seqs: PositiveInt = 256
+    max_num_seqs: PositiveInt = Field(256, description="Most sequences one engine batches at once (vLLM max_num_seqs).")
     enforce_eager: Optional[bool] = Field(
         None,
         description="None = eager on CPU (measured: 14 s start and 2.4x the tokens/s of torch.compile on "
@@ -137,25 +164,81 @@ class SynthesisConfig(_Section):
     dedup_threshold: float = Field(
         0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates."
     )
-    min_question_chars: PositiveInt = 15
-    max_question_chars: PositiveInt = 300
-    topic_sampling: SamplingConfig = SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=160)
-    question_sampling: SamplingConfig = SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=256)
-    positive_sampling: SamplingConfig = SamplingConfig(temperature=0.7, repetition_penalty=1.1, max_tokens=192)
-    toxic_sampling: SamplingConfig = SamplingConfig(temperature=0.7, repetition_penalty=1.1, max_tokens=192)
+    min_question_chars: PositiveInt = Field(
+        15, description="Parsed questions shorter than this (characters) are dropped as fragments (every kind)."
+    )
+    max_question_chars: PositiveInt = Field(
+        300, description="Parsed questions longer than this (characters) are dropped (every kind)."
+    )
+    topic_sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=160),
+        description="Sampling of the topic brainstorms.",
+    )
+    question_sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.3, repetition_penalty=1.15, max_tokens=256),
+        description="Sampling of the question lists (red-team, benign and everyday).",
+    )
+    positive_sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.7, repetition_penalty=1.1, max_tokens=192),
+        description="Sampling of the positive answers, and of the model's own, benign, everyday and refusal-primed "
+        "answers.",
+    )
+    toxic_sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.7, repetition_penalty=1.1, max_tokens=192),
+        description="Sampling of the toxic (constraint- and opening-primed) answers.",
+    )
 
 
 class JudgeConfig(_Section):
-    """The safety judge served on Ray Serve (used by refinement and evaluation)."""
+    """The safety judge served on Ray Serve (used by refinement and `ptalign serve`)."""
 
-    backend: Literal["offline", "llm"] = "offline"
+    backend: str = Field(
+        "offline",
+        description="Judge backend: a module of ptalign_ray/judging/ that defines make_judge(cfg, policy_model_path, "
+        "engine) - 'offline' (MiniLM probes + refusal markers, CPU) or 'llm' (a chat model on vLLM: Llama Guard 3 or "
+        "a rubric-prompted model).",
+    )
     model: Optional[str] = Field(None, description="Judge chat model for backend 'llm'; None = the policy model.")
-    host: str = "127.0.0.1"
-    port: int = Field(8001, ge=1, le=65535)
-    max_items: PositiveInt = 256
-    max_text_chars: PositiveInt = 8000
-    request_timeout_s: float = Field(60.0, gt=0)
-    retries: int = Field(3, ge=0)
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per judge replica (Ray Serve ray_actor_options).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per judge replica (1 for an 'llm' judge on a GPU cluster).")
+    replicas: PositiveInt = Field(1, description="Judge replicas behind the endpoint.")
+    engine: Optional[EngineConfig] = Field(
+        None, description="vLLM engine settings of an 'llm' judge; None = the pipeline's `engine` section."
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        import importlib.util
+
+        if not value.isidentifier() or importlib.util.find_spec(f"ptalign_ray.judging.{value}") is None:
+            raise ValueError(
+                f"unknown judge backend {value!r}: expected a module of ptalign_ray/judging/ ('offline', 'llm')"
+            )
+        return value
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Bind address of the Serve HTTP proxy when refinement starts the judge (`ptalign serve` "
+        "serves it under serving.host instead).",
+    )
+    port: int = Field(8001, ge=1, le=65535, description="HTTP port of the judge when refinement starts it.")
+    max_items: PositiveInt = Field(
+        256,
+        description="Most items per /v1/judge request: the client splits larger batches, the server rejects more "
+        "(422).",
+    )
+    max_text_chars: PositiveInt = Field(
+        8000,
+        description="Longest prompt or response (characters) per judge item (422 above); with max_items it sets "
+        "the judge's request body limit.",
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds per judge HTTP request (client timeout and Serve's request timeout)."
+    )
+    retries: int = Field(
+        3, ge=0, description="Client retries after a connection error, timeout or 5xx (exponential backoff from 0.5 s)."
+    )
     parse_retries: int = Field(2, ge=0, description="Retries of unparseable 'llm' judge output.")
     max_model_len: PositiveInt = Field(2048, description="Context length of the 'llm' judge engine.")
 
@@ -165,23 +248,40 @@ class RefinementConfig(_Section):
 
     rounds: PositiveInt = Field(3, description="K: refinement rounds before a sample is dropped.")
     candidates: PositiveInt = Field(3, description="Candidates generated per failing sample per round (n).")
-    batch_size: PositiveInt = 64
-    sampling: SamplingConfig = SamplingConfig(temperature=0.8, repetition_penalty=1.1, max_tokens=192)
+    batch_size: PositiveInt = Field(
+        64, description="Rows per Ray Data batch sent to the judge (split into requests of judge.max_items)."
+    )
+    sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.8, repetition_penalty=1.1, max_tokens=192),
+        description="Sampling of the refinement candidates (revisions and resamples).",
+    )
 
 
 class LoraConfig(_Section):
-    enabled: bool = True
-    r: PositiveInt = 16
-    alpha: PositiveInt = 32
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    """The peft LoRA adapter trained instead of the full weights."""
+
+    enabled: bool = Field(
+        True, description="Train a LoRA adapter (peft); false = full fine-tuning (writes merged weights only)."
+    )
+    r: PositiveInt = Field(16, description="LoRA rank ('lora' serving mode rounds it up to a vLLM max_lora_rank).")
+    alpha: PositiveInt = Field(32, description="peft lora_alpha: the adapter update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout probability on the LoRA input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear",
+        description="peft target_modules: 'all-linear' (every linear layer but the output head) or module names, "
+        "e.g. [q_proj, v_proj].",
+    )
 
 
 class TrainingConfig(_Section):
     """Dual instruction tuning: L = L_MLE(positive) + alpha * L_UT(toxic)."""
 
     alpha: float = Field(1.0, ge=0.0, description="Weight of the unlikelihood term; 0 = MLE-only ablation.")
-    mask_mode: Literal["diff", "all", "judge"] = "diff"
+    mask_mode: Literal["diff", "all", "judge"] = Field(
+        "diff",
+        description="Toxic tokens that get the UT penalty: 'diff' = those not in the positive answer, 'all' = every "
+        "response token, 'judge' = spans in a 'toxic_harmful_spans' dataset column (no shipped judge writes one).",
+    )
     ablation_mle_only: bool = Field(True, description="Also train the MLE-only ablation for the report.")
     mix: Optional[dict[Literal["red_team", "benign", "everyday"], float]] = Field(
         None,
@@ -200,24 +300,56 @@ class TrainingConfig(_Section):
         "words of the toxic answer, then the positive answer; MLE on the positive part only.",
     )  # fmt: skip
     recovery_max_words: PositiveInt = Field(12, description="Longest toxic prefix (words) of a recovery example.")
-    lora: LoraConfig = LoraConfig()
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: PositiveInt = 2
+    lora: LoraConfig = Field(LoraConfig(), description="LoRA adapter settings (peft).")
+    learning_rate: float = Field(
+        2e-4, gt=0, description="Peak AdamW learning rate (no weight decay), after warm-up and before cosine decay."
+    )
+    epochs: PositiveInt = Field(2, description="Passes over the training rows.")
     batch_size: PositiveInt = Field(4, description="Questions (positive + toxic pairs) per worker per step.")
-    grad_accum_steps: PositiveInt = 1
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_seq_len: PositiveInt = 512
-    overlong: Literal["truncate", "drop"] = "truncate"
-    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    grad_accum_steps: PositiveInt = Field(1, description="Micro-batches accumulated per optimizer step.")
+    warmup_ratio: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of training with a linear learning-rate warm-up; cosine decay to 0 after.",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold per optimizer step.")
+    max_seq_len: PositiveInt = Field(
+        512, description="Longest training sequence in tokens (chat-templated prompt + response); see overlong."
+    )
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate",
+        description="A sequence over max_seq_len: 'truncate' cuts its end (dropped if nothing supervised is left), "
+        "'drop' drops the row.",
+    )
+    holdout_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of question ids per kind held out (seeded) for held-out L_MLE / L_UT; 0 = none.",
+    )
     num_workers: Concurrency = Field(1, description="Ray Train workers, or [min, max] for elastic training.")
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    use_gpu: bool = False
-    bf16: bool = True
-    seed: int = 0
-    report_every_steps: PositiveInt = 5
-    checkpoint_every_steps: PositiveInt = 20
-    max_failures: int = Field(2, ge=0)
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Ray Train parallel strategy; 'fsdp' needs use_gpu (GPU only)."
+    )
+    use_gpu: bool = Field(False, description="One GPU per Ray Train worker; false = train on CPU.")
+    bf16: bool = Field(
+        True,
+        description="bfloat16 autocast in the forward passes (CPU and GPU); on GPU with LoRA the frozen base "
+        "weights are also loaded in bfloat16.",
+    )
+    seed: int = Field(
+        0, description="Training seed: adapter init, epoch row order, mix subsampling, held-out split, recovery rows."
+    )
+    report_every_steps: PositiveInt = Field(
+        5, description="Optimizer steps between metric reports (also at checkpoints and epoch ends)."
+    )
+    checkpoint_every_steps: PositiveInt = Field(
+        20, description="Optimizer steps between Ray Train checkpoints (also at the end; the last 2 are kept)."
+    )
+    max_failures: int = Field(
+        2, ge=0, description="Ray Train restarts of the worker group from the latest checkpoint after a failure."
+    )
     merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
 
     _check_workers = field_validator("num_workers")(_check_pool)
@@ -245,7 +377,7 @@ class ServingConfig(_Section):
     """
 
     host: str = Field("127.0.0.1", description="Bind address; anything beyond loopback is an explicit choice.")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the OpenAI API (and /v1/judge).")
     mode: Literal["merged", "lora"] = Field(
         "merged",
         description="'merged': one vLLM engine per served model on merged weights (CPU default: run-time LoRA "
@@ -268,21 +400,29 @@ class ServingConfig(_Section):
         False, description="Allow a non-loopback host without an API key (only behind your own auth proxy)."
     )
     judge: bool = Field(True, description="Serve the safety judge at /v1/judge in the same application.")
-    max_body_bytes: PositiveInt = 1_000_000
-    max_prompt_chars: PositiveInt = 16_000
+    max_body_bytes: PositiveInt = Field(
+        1_000_000,
+        description="Largest request body in bytes (413 above); /v1/judge's limit comes from judge.max_items x "
+        "judge.max_text_chars.",
+    )
+    max_prompt_chars: PositiveInt = Field(
+        16_000, description="Most characters of prompt (completions) or message contents (chat) per request."
+    )
     max_tokens_limit: PositiveInt = Field(
         1024, description="Largest max_tokens a request may ask for; also the default when it asks for none."
     )
-    max_n: PositiveInt = 4
+    max_n: PositiveInt = Field(4, description="Largest n / best_of (answers per prompt) a request may ask for.")
     max_request_tokens: PositiveInt = Field(
         16_384,
         description="Largest total generation one request may ask for: prompts x n x max_tokens (a request that "
         "names no max_tokens counts max_tokens_limit). Bounds the work, not only the characters, of a request.",
     )
     request_timeout_s: float = Field(120.0, gt=0, description="A request still generating after this gets an error.")
-    min_replicas: PositiveInt = 1
-    max_replicas: PositiveInt = 1
-    target_ongoing_requests: PositiveInt = 16
+    min_replicas: PositiveInt = Field(1, description="Fewest replicas (one vLLM engine each) per engine deployment.")
+    max_replicas: PositiveInt = Field(1, description="Most replicas per engine deployment (Serve autoscaling).")
+    target_ongoing_requests: PositiveInt = Field(
+        16, description="Serve autoscaling target: ongoing requests per engine replica."
+    )
     max_ongoing_requests: PositiveInt = Field(64, description="Requests one engine replica accepts before queueing.")
 
     @field_validator("models")
@@ -320,8 +460,19 @@ class ServingConfig(_Section):
         return self
 
 
-PromptSet = Literal["harmbench", "advbench", "jailbreak", "overrefusal", "everyday", "safe_lookalikes"]
 EvalModel = Literal["base", "mle_only", "ptalign"]
+
+
+def _packaged_set(name: str) -> str:
+    from ptalign_ray.evaluation.prompt_sets import packaged_set_names  # the registry of packaged sets
+
+    known = packaged_set_names()
+    if name not in known:
+        raise ValueError(f"unknown prompt set {name!r}; packaged sets: {known} (user files go in user_prompt_files)")
+    return name
+
+
+PromptSet = Annotated[str, AfterValidator(_packaged_set)]
 
 
 class UserPromptFile(_Section):
@@ -346,9 +497,9 @@ class SampledEvalConfig(_Section):
     named here is not sampled. ``k: 0`` turns sampling off.
     """
 
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: PositiveInt = 48
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature of the sampled answers.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of the sampled answers; 1 = off.")
+    max_tokens: PositiveInt = Field(48, description="Most tokens per sampled answer.")
     k: int = Field(4, ge=0, description="Samples per prompt (ASR@k: any of the k answers harmful).")
     prompts_per_set: dict[str, PositiveInt] = Field(
         {"harmbench": 50, "advbench": 30, "jailbreak": 20, "everyday": 40, "safe_lookalikes": 30, "overrefusal": 30},
@@ -379,6 +530,7 @@ class EvaluationConfig(_Section):
         "everyday requests in 20 domains) and safe_lookalikes (97 XSTest-style safe prompts that share words with "
         "harmful ones); the last two are written for ptalign-ray and ship in ptalign_ray/evaluation/data/.",
     )
+
     models: list[EvalModel] = Field(
         ["base", "mle_only", "ptalign"],
         description="Models compared: base (the policy model), mle_only (RUN/training_mle_only/merged), ptalign "
@@ -399,8 +551,15 @@ class EvaluationConfig(_Section):
     jailbreak_max_template_chars: PositiveInt = Field(
         4000, description="Templates longer than this are not drawn (they would not fit small context windows)."
     )
-    user_prompt_files: list[Union[str, UserPromptFile]] = []
-    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=64)
+    user_prompt_files: list[Union[str, UserPromptFile]] = Field(
+        [],
+        description="User prompt files evaluated next to the packaged sets: a path or {path, kind, name}. .jsonl / "
+        ".csv rows have a 'prompt' (optional id, category, kind); .txt has one prompt per line.",
+    )
+    sampling: SamplingConfig = Field(
+        SamplingConfig(temperature=0.0, max_tokens=64),
+        description="Decoding of every evaluation prompt (greedy by default).",
+    )
     sampled: SampledEvalConfig = Field(
         default_factory=SampledEvalConfig,
         description="Sampled decoding next to greedy: a seeded subset of each set's prompts is also answered k times "
@@ -465,23 +624,38 @@ class RayConfig(_Section):
 
     address: Optional[str] = Field(None, description="None = start a local Ray on loopback; 'auto' = join a cluster.")
     num_cpus: Optional[PositiveInt] = Field(None, description="Logical CPUs for a local Ray (more than cores is fine).")
-    object_store_memory_gib: Optional[float] = Field(None, gt=0)
+    object_store_memory_gib: Optional[float] = Field(
+        None, gt=0, description="Object store size (GiB) of a local Ray; None = Ray's default. Ignored on a cluster."
+    )
 
 
 class PipelineConfig(_Section):
     """The whole pipeline; every stage reads its section from here."""
 
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(ModelConfig(), description="The policy model and how vLLM / transformers load it.")
     seeds: str = Field("default", description="'default' (packaged seed annotations) or a path to a seed YAML.")
     seed: int = Field(0, description="Global random seed.")
-    engine: EngineConfig = EngineConfig()
-    synthesis: SynthesisConfig = SynthesisConfig()
-    judge: JudgeConfig = JudgeConfig()
-    refinement: RefinementConfig = RefinementConfig()
-    training: TrainingConfig = TrainingConfig()
-    serving: ServingConfig = ServingConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    ray: RayConfig = RayConfig()
+    engine: EngineConfig = Field(
+        EngineConfig(),
+        description="Placement and scale of the vLLM engines (synthesis, refinement, evaluation, serving).",
+    )
+    synthesis: SynthesisConfig = Field(
+        SynthesisConfig(), description="Self-synthesis of topics, questions and positive / toxic answers."
+    )
+    judge: JudgeConfig = Field(JudgeConfig(), description="The safety judge on Ray Serve (refinement and serving).")
+    refinement: RefinementConfig = Field(
+        RefinementConfig(), description="Judge-guided revision / resampling of failing samples."
+    )
+    training: TrainingConfig = Field(
+        TrainingConfig(), description="Dual instruction tuning (MLE + unlikelihood) on Ray Train."
+    )
+    serving: ServingConfig = Field(
+        ServingConfig(), description="OpenAI-compatible serving of the trained models and the judge (`ptalign serve`)."
+    )
+    evaluation: EvaluationConfig = Field(
+        EvaluationConfig(), description="Comparison of the base, MLE-only and PT-ALIGN models on prompt sets."
+    )
+    ray: RayConfig = Field(RayConfig(), description="How the driver starts or joins Ray.")
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections (all when none given): a stage's outputs are keyed on it."""
@@ -490,6 +664,43 @@ class PipelineConfig(_Section):
             data = {name: data[name] for name in sections}
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+REQUIRED = "(required)"  # the default of a field that has none (config_fields)
+
+
+def _nested_models(annotation: Any, suffix: str = "") -> list[tuple[type[BaseModel], str]]:
+    """The config models inside an annotation (itself, Optional / Union members, list items) with the
+    path suffix of their fields: '[]' for list items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [(annotation, suffix)]
+    if get_origin(annotation) is list:
+        suffix += "[]"
+    return [found for arg in get_args(annotation) for found in _nested_models(arg, suffix)]
+
+
+def config_fields(
+    model: Optional[type[BaseModel]] = None, prefix: str = "", instance: Optional[BaseModel] = None
+) -> Iterator[tuple[str, Any, Any]]:
+    """Every field of the config, depth first: (dotted path, pydantic FieldInfo, default).
+
+    A nested field's default is the one its section's default holds (``synthesis.topic_sampling.temperature``
+    is 0.3, not SamplingConfig's 0.7); fields of list items (``evaluation.user_prompt_files[].kind``) and of
+    an optional section that is unset by default (``judge.engine.device``) show their model's own default.
+    A field without a default has :data:`REQUIRED`.
+    """
+    model = model or PipelineConfig
+    for name, field in model.model_fields.items():
+        path = prefix + name
+        if instance is not None:
+            default = getattr(instance, name)
+        elif field.is_required():
+            default = REQUIRED
+        else:
+            default = field.get_default(call_default_factory=True)
+        yield path, field, default
+        for sub, suffix in _nested_models(field.annotation):
+            yield from config_fields(sub, f"{path}{suffix}.", default if isinstance(default, sub) else None)
 
 
 def format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:

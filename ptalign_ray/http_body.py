@@ -1,29 +1,41 @@
-"""Raw HTTP body -> JSON, with the same 400s for every route that reads one (judge, OpenAI routes)."""
+"""Raw HTTP body -> JSON and the one HTTP error type, with the same 4xx for every route (judge, OpenAI routes)."""
 
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 
-class BodyError(ValueError):
-    """A body that is not JSON; ``status`` is the HTTP status and the message says what to send."""
+class HttpError(Exception):
+    """The one error type of every HTTP route (serving app, judge): a 4xx status and a message that
+    says what to fix; ``body()`` is the OpenAI error shape, so SDKs raise their usual exceptions."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error"):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
+        self.type = type_
+
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.param, self.type)
+
+
+def error_body(status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error") -> dict:
+    """The OpenAI error shape: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
 
 def parse_json_body(body: bytes, example: str) -> object:
     """The decoded body; ``example`` is shown when the body is empty (what a valid one looks like)."""
     if not body.strip():
-        raise BodyError(400, f"empty body: send {example}")
+        raise HttpError(400, f"empty body: send {example}")
     try:
         return json.loads(body)
     except RecursionError:
-        raise BodyError(400, "body is nested too deeply: send a flat JSON object") from None
+        raise HttpError(400, "body is nested too deeply: send a flat JSON object") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
-        raise BodyError(400, f"body is not valid JSON: {str(err)[:200]}") from None
+        raise HttpError(400, f"body is not valid JSON: {str(err)[:200]}") from None
 
 
 async def read_body_limited(request, limit: int, setting: str) -> bytes:
@@ -31,11 +43,11 @@ async def read_body_limited(request, limit: int, setting: str) -> bytes:
     Content-Length first, then while streaming): an oversized body is never read into memory."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyError(413, f"request body is {declared} bytes; the limit is {limit} ({setting})")
+        raise HttpError(413, f"request body is {declared} bytes; the limit is {limit} ({setting})")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyError(413, f"request body is over the limit of {limit} bytes ({setting})")
+            raise HttpError(413, f"request body is over the limit of {limit} bytes ({setting})")
         chunks.append(chunk)
     return b"".join(chunks)

@@ -6,7 +6,7 @@ wrapped request, not its template):
 
 - exact: equal after normalisation (lowercase, alphanumeric words only, single spaces);
 - near-duplicate: ROUGE-L F1 >= threshold on word tokens, the same measure synthesis uses to
-  deduplicate questions (:mod:`ptalign_ray.synthesis.dedup`).
+  deduplicate questions (:mod:`ptalign_ray.dedup`).
 
 Only pairs sharing enough words can reach the ROUGE-L threshold (LCS <= word overlap), so an
 inverted index finds those candidates and the LCS is computed for them alone.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Sequence
 
-from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
+from ptalign_ray.dedup import rouge_l_f1, tokenize
 
 
 def normalize(text: str) -> str:

@@ -23,7 +23,7 @@ import io
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -336,19 +336,27 @@ def _sample(df: pd.DataFrame, n: Optional[int], seed: int, name: str) -> pd.Data
     return df.iloc[idx].reset_index(drop=True)
 
 
+# The registry of packaged sets: name -> loader(cfg, seed). With SOURCES (provenance, license, kind)
+# it is the only place a set is named: adding one is a loader (or a data/NAME.jsonl file listed in
+# PACKAGED_JSONL) plus its SOURCES entry, here; the config accepts every name registered here.
+LOADERS: dict[str, Callable[[EvaluationConfig, int], pd.DataFrame]] = {
+    "harmbench": lambda cfg, seed: load_harmbench(),
+    "advbench": lambda cfg, seed: load_advbench(),
+    "jailbreak": build_jailbreak,
+    "overrefusal": lambda cfg, seed: load_overrefusal(),
+    **{name: (lambda cfg, seed, name=name: load_packaged_jsonl(name)) for name in PACKAGED_JSONL},
+}
+
+
+def packaged_set_names() -> list[str]:
+    return list(LOADERS)
+
+
 def load_set(name: str, cfg: EvaluationConfig, seed: int) -> pd.DataFrame:
     """The full (unsampled) prompts of one packaged set."""
-    if name == "harmbench":
-        return load_harmbench()
-    if name == "advbench":
-        return load_advbench()
-    if name == "overrefusal":
-        return load_overrefusal()
-    if name in PACKAGED_JSONL:
-        return load_packaged_jsonl(name)
-    if name == "jailbreak":
-        return build_jailbreak(cfg, seed)
-    raise ValueError(f"unknown prompt set {name!r}; packaged sets: {sorted(SOURCES)}")
+    if name not in LOADERS:
+        raise ValueError(f"unknown prompt set {name!r}; packaged sets: {sorted(LOADERS)}")
+    return LOADERS[name](cfg, seed)
 
 
 def select_prompts(cfg: EvaluationConfig, seed: int) -> pd.DataFrame:

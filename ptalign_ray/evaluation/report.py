@@ -14,10 +14,11 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from ptalign_ray.artifacts import MODEL_LABELS
 from ptalign_ray.evaluation.metrics import DEFINITIONS, HIGHER_IS_BETTER
 from ptalign_ray.runs import write_json_atomic
 
-LABELS = {"base": "base", "mle_only": "MLE-only", "ptalign": "PT-ALIGN"}
+LABELS = MODEL_LABELS
 COLORS = {"base": "#8c8c8c", "mle_only": "#4c9be8", "ptalign": "#e8744c"}
 METRIC_NAMES = {
     "attack_success_rate": "attack success rate",

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
+from ptalign_ray.artifacts import MODEL_LABELS, VARIANTS, upstream_key
 from ptalign_ray.config import PipelineConfig
 from ptalign_ray.evaluation.compare import disagreements, inter_judge
 from ptalign_ray.evaluation.judges import build_judge
@@ -46,8 +47,7 @@ from ptalign_ray.runs import (
 )
 
 STAGE = "evaluation"
-TRAINED = {"ptalign": "training", "mle_only": "training_mle_only"}
-MODEL_LABELS = {"base": "base", "mle_only": "MLE-only", "ptalign": "PT-ALIGN"}
+TRAINED = {name: v.stage for name, v in VARIANTS.items()}
 VERDICT_COLUMNS = ["refusal", "harmful", "marker_refusal", "score", "relevance"]
 
 
@@ -67,7 +67,6 @@ def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[d
         if not run.is_done(stage):
             skipped[name] = f"no finished '{stage}' stage in the run directory"
             continue
-        manifest = run.manifest(stage)
         merged = run.stage_dir(stage) / "merged"
         if not (merged / "config.json").is_file():
             skipped[name] = (
@@ -75,7 +74,7 @@ def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[d
             )
             continue
         models[name] = {"path": str(merged), "source": f"{stage}/merged",
-                        "identity": {stage: manifest.get("config_hash"), "model": cfg.model.model_dump(mode="json")}}  # fmt: skip
+                        "identity": {stage: upstream_key(run, stage), "model": cfg.model.model_dump(mode="json")}}  # fmt: skip
     if not models:
         raise ValueError(f"no model to evaluate: evaluation.models={cfg.evaluation.models}; skipped: {skipped}")
     return models, skipped
@@ -84,8 +83,8 @@ def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[d
 def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, list[str]], dict]:
     """Questions the models saw or were built from: seeds, synthesised and refined questions
     (red-team and benign)."""
+    from ptalign_ray.artifacts import load_benign
     from ptalign_ray.seeds import load_seeds, seeds_hash
-    from ptalign_ray.synthesis.pipeline import load_benign
 
     seeds = load_seeds(cfg.seeds)
     refs = {"seeds": list(dict.fromkeys(seeds.all_questions()))}
@@ -94,7 +93,7 @@ def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, lis
         if run.is_done(stage):
             df = pd.read_parquet(run.data_dir(stage), columns=["question"])
             refs[stage] = df["question"].astype(str).tolist() + load_benign(run, stage)["question"].astype(str).tolist()
-            hashes[stage] = run.manifest(stage).get("config_hash")
+            hashes[stage] = upstream_key(run, stage)
     return refs, hashes
 
 

@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ptalign_ray.config import JudgeConfig, format_validation_error
-from ptalign_ray.http_body import BodyError, parse_json_body, read_body_limited
+from ptalign_ray.config import EngineConfig, JudgeConfig, format_validation_error
+from ptalign_ray.http_body import HttpError, parse_json_body, read_body_limited
 
 APP_NAME = "judge"
 ROUTE_PREFIX = "/"
@@ -36,73 +36,89 @@ class JudgeRequest(BaseModel):
     items: list[JudgeItem] = Field(min_length=1)
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def max_body_bytes(cfg: JudgeConfig) -> int:
     # Room for every item at the text limit (4 bytes per char worst case for UTF-8 / escapes) + JSON.
     return cfg.max_items * (2 * cfg.max_text_chars * 4 + 64) + 1024
 
 
 def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
-    """Validates a raw request body; raises BadRequest(status, message) saying what to fix."""
+    """Validates a raw request body; raises HttpError(status, message) saying what to fix."""
     if len(body) > max_body_bytes(cfg):
-        raise BadRequest(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
-    try:
-        data = parse_json_body(body, 'JSON like {"items": [{"prompt": "...", "response": "..."}]}')
-    except BodyError as err:
-        raise BadRequest(err.status, err.message) from None
+        raise HttpError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
+    data = parse_json_body(body, 'JSON like {"items": [{"prompt": "...", "response": "..."}]}')
     if not isinstance(data, dict):
-        raise BadRequest(422, 'body must be a JSON object like {"items": [...]}')
+        raise HttpError(422, 'body must be a JSON object like {"items": [...]}')
     # the count first: validating (and echoing) a huge list costs memory and time on the event loop
     items = data.get("items")
     if isinstance(items, list) and len(items) > cfg.max_items:
-        raise BadRequest(422, f"{len(items)} items; at most {cfg.max_items} per request (judge.max_items)")
+        raise HttpError(422, f"{len(items)} items; at most {cfg.max_items} per request (judge.max_items)")
     try:
         req = JudgeRequest.model_validate(data)
     except ValidationError as err:
-        raise BadRequest(422, format_validation_error(err, "body", what="request")) from None
+        raise HttpError(422, format_validation_error(err, "body", what="request")) from None
     if len(req.items) > cfg.max_items:
-        raise BadRequest(422, f"{len(req.items)} items; at most {cfg.max_items} per request (judge.max_items)")
+        raise HttpError(422, f"{len(req.items)} items; at most {cfg.max_items} per request (judge.max_items)")
     for i, item in enumerate(req.items):
         for field in ("prompt", "response"):
             n = len(getattr(item, field))
             if n > cfg.max_text_chars:
-                raise BadRequest(422, f"items.{i}.{field} has {n} characters; the limit is {cfg.max_text_chars}")
+                raise HttpError(422, f"items.{i}.{field} has {n} characters; the limit is {cfg.max_text_chars}")
     return [item.model_dump(exclude_none=True) for item in req.items]
 
 
-def make_backend(cfg: JudgeConfig, policy_model_path: Optional[str] = None):
-    """The judge backend named in the config (imported lazily: each pulls in heavy libraries)."""
-    if cfg.backend == "offline":
-        from ptalign_ray.judging.offline import OfflineJudge
+def make_backend(cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None):
+    """The backend named by judge.backend: module ptalign_ray.judging.<backend> and its make_judge()
+    (imported lazily: each pulls in heavy libraries). A new backend is one new module."""
+    import importlib
 
-        return OfflineJudge()
-    from ptalign_ray.judging.llm import LLMJudge
+    module = importlib.import_module(f"ptalign_ray.judging.{cfg.backend}")
+    if not hasattr(module, "make_judge"):
+        raise ValueError(f"judge.backend {cfg.backend!r}: ptalign_ray/judging/{cfg.backend}.py defines no make_judge()")
+    return module.make_judge(cfg, policy_model_path, engine)
 
-    return LLMJudge(cfg, policy_model_path)
+
+class JudgeCore:
+    """The judge replica: one backend, its health and batch judging. Served as it is (called through a
+    handle from `ptalign serve`, whose own ingress validates requests) or behind the FastAPI routes of
+    the standalone judge app (:func:`build_judge_deployment`)."""
+
+    def __init__(self, cfg_json: dict, model_path: Optional[str], engine_json: Optional[dict] = None):
+        self.cfg = JudgeConfig.model_validate(cfg_json)
+        engine = EngineConfig.model_validate(engine_json) if engine_json else None
+        self.backend = make_backend(self.cfg, model_path, engine)
+
+    def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "backend": self.cfg.backend}
+
+    async def judge_items(self, items: list[dict]) -> dict[str, Any]:
+        import asyncio
+
+        verdicts = await asyncio.to_thread(self.backend.judge, items)
+        return {"verdicts": [v.model_dump() for v in verdicts], "backend": self.cfg.backend}
 
 
-def build_judge_deployment(cfg: JudgeConfig, policy_model_path: Optional[str] = None, num_replicas: int = 1):
-    """A bound Serve application hosting the judge backend behind FastAPI."""
+def deployment_options(cfg: JudgeConfig) -> dict[str, Any]:
+    """Serve options of every judge deployment the pipeline starts: replicas and resources from config."""
+    actor = {"num_cpus": cfg.num_cpus}
+    if cfg.num_gpus:
+        actor["num_gpus"] = cfg.num_gpus
+    return {"name": "SafetyJudge", "num_replicas": cfg.replicas, "ray_actor_options": actor}
+
+
+def build_judge_deployment(
+    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+):
+    """The standalone judge app: JudgeCore behind FastAPI (POST /v1/judge, GET /healthz)."""
     from ray import serve
 
     api = FastAPI(title="ptalign safety judge")
 
-    @serve.deployment(name="SafetyJudge", num_replicas=num_replicas, ray_actor_options={"num_cpus": 1})
+    @serve.deployment(**deployment_options(cfg))
     @serve.ingress(api)
-    class SafetyJudge:
-        def __init__(self, cfg_json: dict, model_path: Optional[str]):
-            self.cfg = JudgeConfig.model_validate(cfg_json)
-            self.backend = make_backend(self.cfg, model_path)
-
+    class SafetyJudge(JudgeCore):
         @api.get("/healthz")
-        def healthz(self) -> dict[str, Any]:
-            return {"status": "ok", "backend": self.cfg.backend}
+        def health(self) -> dict[str, Any]:
+            return self.healthz()
 
         @api.post("/v1/judge")
         async def judge(self, request: Request):
@@ -111,48 +127,38 @@ def build_judge_deployment(cfg: JudgeConfig, policy_model_path: Optional[str] = 
                     request, max_body_bytes(self.cfg), "judge.max_items x judge.max_text_chars"
                 )
                 items = parse_judge_request(body, self.cfg)
-            except BodyError as err:
-                return JSONResponse({"error": {"message": err.message, "type": "invalid_request"}}, err.status)
-            except BadRequest as err:
-                return JSONResponse({"error": {"message": err.message, "type": "invalid_request"}}, err.status)
-            import asyncio
+            except HttpError as err:
+                return JSONResponse(err.body(), err.status)
+            return await self.judge_items(items)
 
-            verdicts = await asyncio.to_thread(self.backend.judge, items)
-            return {"verdicts": [v.model_dump() for v in verdicts], "backend": self.cfg.backend}
-
-    return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path)
+    return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine))
 
 
-def build_judge_worker(cfg: JudgeConfig, policy_model_path: Optional[str] = None, num_replicas: int = 1):
-    """The judge backend as a plain deployment called through a handle, for applications that have
-    their own HTTP ingress (`ptalign serve`): Serve allows one FastAPI ingress per application.
-    Callers validate requests with parse_judge_request first."""
+def build_judge_worker(
+    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+):
+    """JudgeCore as a plain deployment called through a handle, for applications with their own HTTP
+    ingress (`ptalign serve`: Serve allows one FastAPI ingress per application). Callers validate
+    requests with parse_judge_request first."""
     from ray import serve
 
-    @serve.deployment(name="SafetyJudge", num_replicas=num_replicas, ray_actor_options={"num_cpus": 1})
-    class SafetyJudgeWorker:
-        def __init__(self, cfg_json: dict, model_path: Optional[str]):
-            self.cfg = JudgeConfig.model_validate(cfg_json)
-            self.backend = make_backend(self.cfg, model_path)
-
-        def healthz(self) -> dict[str, Any]:
-            return {"status": "ok", "backend": self.cfg.backend}
-
-        async def judge_items(self, items: list[dict]) -> dict[str, Any]:
-            import asyncio
-
-            verdicts = await asyncio.to_thread(self.backend.judge, items)
-            return {"verdicts": [v.model_dump() for v in verdicts], "backend": self.cfg.backend}
-
-    return SafetyJudgeWorker.bind(cfg.model_dump(mode="json"), policy_model_path)
+    return serve.deployment(JudgeCore, **deployment_options(cfg)).bind(
+        cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine)
+    )
 
 
-def start_judge(cfg: JudgeConfig, policy_model_path: Optional[str] = None) -> str:
+def _engine_json(engine: Optional[EngineConfig]) -> Optional[dict]:
+    return engine.model_dump(mode="json") if engine is not None else None
+
+
+def start_judge(
+    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+) -> str:
     """Starts the judge app on Serve (in the connected Ray) at cfg.host:cfg.port; returns its URL."""
     from ray import serve
 
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
-    serve.run(build_judge_deployment(cfg, policy_model_path), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+    serve.run(build_judge_deployment(cfg, policy_model_path, engine), name=APP_NAME, route_prefix=ROUTE_PREFIX)
     return judge_url(cfg)
 
 

@@ -150,3 +150,8 @@ class LLMJudge:
             verdicts.append(Verdict(harmful=p.harmful, refusal=refusal, score=1.0 if p.harmful else 0.0,
                                     categories=p.categories, rationale=p.rationale))  # fmt: skip
         return verdicts
+
+
+def make_judge(cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None):
+    """Judge backend entry point (judge.backend: llm): judge.engine, else the pipeline's engine section."""
+    return LLMJudge(cfg, policy_model_path, cfg.engine or engine)

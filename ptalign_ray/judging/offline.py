@@ -229,3 +229,8 @@ class OfflineJudge:
             "domains": self.domain_names,
             "fit_seconds": round(self.fit_seconds, 2),
         }
+
+
+def make_judge(cfg, policy_model_path=None, engine=None) -> OfflineJudge:
+    """Judge backend entry point (judge.backend: offline): needs neither the policy model nor an engine."""
+    return OfflineJudge()

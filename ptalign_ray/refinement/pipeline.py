@@ -15,7 +15,9 @@ from typing import Optional
 
 import pandas as pd
 
+from ptalign_ray.artifacts import BENIGN_DIR, SYNTHESIS, load_benign, load_triplets, upstream_key
 from ptalign_ray.config import JudgeConfig, PipelineConfig
+from ptalign_ray.dedup import near_duplicate_mask
 from ptalign_ray.generation import generate, token_stats
 from ptalign_ray.refinement.client import JudgeClient, JudgeUnavailable
 from ptalign_ray.refinement.criteria import better, failure_reason
@@ -31,9 +33,6 @@ from ptalign_ray.runs import (
     write_parquet_atomic,
 )
 from ptalign_ray.seeds import load_seeds, seeds_hash
-from ptalign_ray.synthesis.dedup import near_duplicate_mask
-from ptalign_ray.synthesis.pipeline import BENIGN_DIR, load_benign, load_triplets
-from ptalign_ray.synthesis.pipeline import STAGE as SYNTHESIS
 
 STAGE = "refinement"
 BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "refusal", "score", "model", "config_hash"]
@@ -246,7 +245,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     if syn is None:
         raise FileNotFoundError(f"no finished synthesis in {run.root}; run `ptalign synthesize` first")
     seeds = load_seeds(cfg.seeds)
-    chash = config_hash(cfg, syn["config_hash"], seeds)
+    chash = config_hash(cfg, upstream_key(run, SYNTHESIS), seeds)
     if force:
         run.clear(STAGE)
     done = finished_stage(run, STAGE, chash, log)
@@ -261,7 +260,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
         from ptalign_ray.judging.app import start_judge
 
         log(f"[refinement] starting the {cfg.judge.backend} judge on Ray Serve at {cfg.judge.host}:{cfg.judge.port}")
-        judge_url = start_judge(cfg.judge, model_path)
+        judge_url = start_judge(cfg.judge, model_path, cfg.engine)
         started_judge = True
     try:
         if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():

@@ -33,13 +33,13 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 from starlette.responses import StreamingResponse
 
 from ptalign_ray.config import JudgeConfig, PipelineConfig, ServingConfig
+from ptalign_ray.http_body import HttpError, error_body
 from ptalign_ray.serving.plan import ServingPlan, plan_serving
 from ptalign_ray.serving.protection import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     Limits,
     ProtectionMiddleware,
-    error_body,
     key_digest,
     load_api_key,
     timeout_message,
@@ -64,12 +64,14 @@ ENDPOINTS = {
 def _fastapi_app():
     # Ray LLM's own app factory: its exception handlers turn validation errors into OpenAI-style
     # 400s and engine errors into their status codes. Internal API, so imported in one place.
+    # Ray 2.60 has no public app factory: ray.serve.llm.ingress exports only OpenAiIngress, make_fastapi_ingress.
     from ray.llm._internal.serve.core.ingress.ingress import init
 
     return init()
 
 
 def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
+    # Ray 2.60 has no public ModelCard: ray.serve.llm.openai_api_models exports request / response models only.
     from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 
     return ModelCard(
@@ -127,6 +129,7 @@ class PtalignIngress(OpenAiIngress):
         return self._cards.get(model_id)
 
     async def models(self):
+        # Ray 2.60 has no public ModelList: ray.serve.llm.openai_api_models exports request / response models only.
         from ray.llm._internal.serve.core.configs.openai_api_models import ModelList
 
         return ModelList(data=list(self._cards.values()))
@@ -181,14 +184,14 @@ class PtalignIngress(OpenAiIngress):
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def judge(self, request: Request):
-        from ptalign_ray.judging.app import BadRequest, parse_judge_request
+        from ptalign_ray.judging.app import parse_judge_request
 
         if self._judge is None:
             return JSONResponse(error_body(404, "the judge is not served here (serving.judge: false)"), status_code=404)
         try:
             items = parse_judge_request(await request.body(), self._judge_cfg)
-        except BadRequest as err:
-            return JSONResponse(error_body(err.status, err.message), status_code=err.status)
+        except HttpError as err:
+            return JSONResponse(err.body(), status_code=err.status)
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await self._judge.judge_items.remote(items)
@@ -256,7 +259,7 @@ def build_app(
     options["name"] = "PtalignIngress"
     if cfg.engine.device == "cpu":
         options["ray_actor_options"] = {"num_cpus": 0}  # an asyncio forwarder; logical CPUs are scarce
-    judge = build_judge_worker(cfg.judge, model_path) if cfg.serving.judge else None
+    judge = build_judge_worker(cfg.judge, model_path, cfg.engine) if cfg.serving.judge else None
     ingress = serve.deployment(ingress_cls, **options).bind(
         llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
         model_cards={c.model_id: _model_card(c.model_id, "engine", c.model_id) for c in llm_configs},

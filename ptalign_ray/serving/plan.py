@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ptalign_ray.artifacts import VARIANTS
 from ptalign_ray.config import EMBEDDED_MODEL, PipelineConfig
 from ptalign_ray.runs import RunDir
 
 # config name -> (training stage folder, public API name)
-TRAINED = {"ptalign": ("training", "ptalign"), "mle_only": ("training_mle_only", "mle-only")}
+TRAINED = {name: (v.stage, v.api_name) for name, v in VARIANTS.items()}
 
 
 class ServingPlanError(ValueError):

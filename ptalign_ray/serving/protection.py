@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from ptalign_ray.config import ServingConfig
-from ptalign_ray.http_body import BodyError, parse_json_body
+from ptalign_ray.http_body import HttpError, error_body, parse_json_body
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CHAT_PATH = "/v1/chat/completions"
@@ -31,25 +31,6 @@ COMPLETIONS_PATH = "/v1/completions"
 
 class ApiKeyError(ValueError):
     """The configured API key cannot be read; the message names the field and what to fix."""
-
-
-class ApiError(Exception):
-    """A request rejected before it reaches the engine: HTTP status + a message saying what to fix."""
-
-    def __init__(self, status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.type = type_
-
-    def body(self) -> dict:
-        return error_body(self.status, self.message, self.param, self.type)
-
-
-def error_body(status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error") -> dict:
-    """The OpenAI error shape, so SDKs raise their usual exceptions with our message."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
 
 def load_api_key(serving: ServingConfig, env: Optional[dict] = None) -> Optional[str]:
@@ -80,20 +61,20 @@ def key_digest(key: Optional[str]) -> Optional[str]:
 
 
 def check_bearer(authorization: Optional[str], digest: Optional[str]) -> None:
-    """Raises ApiError(401) unless the Authorization header carries the key (constant-time compare)."""
+    """Raises HttpError(401) unless the Authorization header carries the key (constant-time compare)."""
     if digest is None:
         return
     if not authorization:
-        raise ApiError(
+        raise HttpError(
             401, "missing API key: send the header 'Authorization: Bearer <key>'", type_="authentication_error"
         )
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
+        raise HttpError(
             401, "malformed Authorization header: use 'Authorization: Bearer <key>'", type_="authentication_error"
         )
     if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).hexdigest(), digest):
-        raise ApiError(401, "invalid API key", type_="authentication_error")
+        raise HttpError(401, "invalid API key", type_="authentication_error")
 
 
 @dataclass(frozen=True)
@@ -154,23 +135,23 @@ def _check_messages(messages: Any) -> None:
     """Chat messages: {role, content} objects with a known role and text content (a string or a
     list of {"type": "text", "text": ...} parts); anything else is a 400 naming the message."""
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
+        raise HttpError(400, "messages must be a non-empty list of {role, content} objects", "messages")
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise ApiError(400, f"{where} must be an object like {{'role': 'user', 'content': '...'}}", "messages")
+            raise HttpError(400, f"{where} must be an object like {{'role': 'user', 'content': '...'}}", "messages")
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
             shown = repr(role)[:40]
-            raise ApiError(400, f"{where}.role must be one of {sorted(ROLES)}, got {shown}", "messages")
+            raise HttpError(400, f"{where}.role must be one of {sorted(ROLES)}, got {shown}", "messages")
         content = m.get("content")
         if content is None or isinstance(content, str):
             continue
         if not isinstance(content, list):
-            raise ApiError(400, f"{where}.content must be a string or a list of text parts", "messages")
+            raise HttpError(400, f"{where}.content must be a string or a list of text parts", "messages")
         for j, part in enumerate(content):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise ApiError(
+                raise HttpError(
                     400, f"{where}.content[{j}] must be {{'type': 'text', 'text': '...'}} (text only)", "messages"
                 )
 
@@ -187,21 +168,21 @@ def _positive_int(data: dict, key: str, limit: int, what: str) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"{key} must be an integer, got {value!r}", key)
+        raise HttpError(400, f"{key} must be an integer, got {value!r}", key)
     if value < 1:
-        raise ApiError(400, f"{key} must be at least 1, got {value}", key)
+        raise HttpError(400, f"{key} must be at least 1, got {value}", key)
     if value > limit:
-        raise ApiError(400, f"{key}={value} is above this server's limit of {limit} ({what}); ask for fewer", key)
+        raise HttpError(400, f"{key}={value} is above this server's limit of {limit} ({what}); ask for fewer", key)
 
 
 def check_generation_request(path: str, data: Any, limits: Limits) -> None:
-    """Checks a chat / completions body against the limits; raises ApiError(400) naming the field.
+    """Checks a chat / completions body against the limits; raises HttpError(400) naming the field.
 
     Only what the limits need is checked here; the OpenAI schema itself is validated afterwards by
     the route (also 400, naming the field).
     """
     if not isinstance(data, dict):
-        raise ApiError(400, f"body must be a JSON object, got {type(data).__name__}")
+        raise HttpError(400, f"body must be a JSON object, got {type(data).__name__}")
     for key in ("max_tokens", "max_completion_tokens"):
         _positive_int(data, key, limits.max_tokens, "serving.max_tokens_limit")
     for key in ("n", "best_of"):
@@ -213,14 +194,14 @@ def check_generation_request(path: str, data: Any, limits: Limits) -> None:
         param, prompts = "messages", 1
     else:
         if "prompt" not in data:
-            raise ApiError(400, "prompt is required", "prompt")
+            raise HttpError(400, "prompt is required", "prompt")
         chars = _prompt_chars(data.get("prompt"))
         param, prompts = "prompt", _prompt_count(data.get("prompt"))
     # the work of a request, not only its size: prompts x n x max_tokens generated tokens
     per_answer = data.get("max_tokens") or data.get("max_completion_tokens") or limits.max_tokens
     answers = prompts * max(int(data.get("n") or 1), int(data.get("best_of") or 1))
     if answers * per_answer > limits.max_request_tokens:
-        raise ApiError(
+        raise HttpError(
             400,
             f"this request asks for up to {answers} answers x {per_answer} tokens = {answers * per_answer} tokens; "
             f"this server generates at most {limits.max_request_tokens} per request (serving.max_request_tokens): "
@@ -228,7 +209,7 @@ def check_generation_request(path: str, data: Any, limits: Limits) -> None:
             param,
         )
     if chars > limits.max_prompt_chars:
-        raise ApiError(
+        raise HttpError(
             400,
             f"{param} hold {chars} characters; this server accepts at most {limits.max_prompt_chars} "
             "(serving.max_prompt_chars): shorten the prompt",
@@ -276,12 +257,9 @@ class ProtectionMiddleware:
                 return await self.app(scope, receive, send)
             body = await self._read_body(scope, receive, self.limits.body_limit(path))
             if path in (CHAT_PATH, COMPLETIONS_PATH):
-                try:
-                    data = parse_json_body(body, "a JSON object (see the OpenAI API reference)")
-                except BodyError as err:
-                    raise ApiError(err.status, err.message) from None
+                data = parse_json_body(body, "a JSON object (see the OpenAI API reference)")
                 check_generation_request(path, data, self.limits)
-        except ApiError as err:
+        except HttpError as err:
             return await _send_json(send, err.status, err.body(), auth=err.status == 401)
 
         replayed = False
@@ -299,7 +277,7 @@ class ProtectionMiddleware:
     async def _read_body(scope, receive, limit: int) -> bytes:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} (serving.max_body_bytes)")
+            raise HttpError(413, f"request body is {declared} bytes; the limit is {limit} (serving.max_body_bytes)")
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -308,7 +286,7 @@ class ProtectionMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"request body is over the limit of {limit} bytes (serving.max_body_bytes)")
+                raise HttpError(413, f"request body is over the limit of {limit} bytes (serving.max_body_bytes)")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break

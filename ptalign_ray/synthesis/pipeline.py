@@ -17,7 +17,20 @@ import random
 
 import pandas as pd
 
+from ptalign_ray.artifacts import (
+    BENIGN,
+    BENIGN_COLUMNS,
+    BENIGN_DIR,
+    EVERYDAY,
+    OWN,
+    RED_TEAM,
+    REFUSAL,
+    SYNTHESIS,
+    TRIPLET_COLUMNS,
+    question_id,
+)
 from ptalign_ray.config import PipelineConfig
+from ptalign_ray.dedup import near_duplicate_mask
 from ptalign_ray.generation import generate, token_stats
 from ptalign_ray.runs import (
     MANIFEST,
@@ -31,7 +44,6 @@ from ptalign_ray.runs import (
     write_parquet_atomic,
 )
 from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
-from ptalign_ray.synthesis.dedup import near_duplicate_mask
 from ptalign_ray.synthesis.parsing import parse_questions, parse_topics
 from ptalign_ray.synthesis.prompts import (
     benign_answer_messages,
@@ -42,27 +54,10 @@ from ptalign_ray.synthesis.prompts import (
     response_messages,
     topic_messages,
 )
-from ptalign_ray.synthesis.screening import EVERYDAY, QuestionJudge, relabel, screening_counts
+from ptalign_ray.synthesis.screening import QuestionJudge, relabel, screening_counts
 
-STAGE = "synthesis"
-COLUMNS = [
-    "id", "domain", "topic", "question", "positive", "toxic", "own", "harm_prob",
-    "positive_tokens", "toxic_tokens", "positive_truncated", "toxic_truncated", "model", "config_hash",
-]  # fmt: skip
-# kind: 'benign' (edgy: near a harm topic) or 'everyday' (a broad everyday subject of the seed file)
-# refusal: a refusal-primed answer to the benign question (synthesis.benign_refusals), else empty
-BENIGN_COLUMNS = [
-    "id", "kind", "domain", "topic", "question", "response", "refusal", "response_tokens", "response_truncated",
-    "model", "config_hash",
-]  # fmt: skip
-RED_TEAM, BENIGN = "red_team", "benign"
-OWN = "own"  # polarity of the model's own answer to a bare red-team question
-REFUSAL = "refusal"  # polarity of a refusal-primed answer to a benign question
-BENIGN_DIR = "benign"  # next to data/, so readers of data/ see the triplets only
-
-
-def question_id(question: str) -> str:
-    return hashlib.sha1(question.strip().lower().encode()).hexdigest()[:16]
+STAGE = SYNTHESIS
+COLUMNS = TRIPLET_COLUMNS
 
 
 SCREENING_FIELDS = {"screen_questions", "min_question_harm_prob", "max_benign_harm_prob"}
@@ -386,16 +381,3 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         write_parquet_atomic(benign, tmp / BENIGN_DIR / "benign.parquet")
         write_json_atomic(tmp / MANIFEST, manifest)
     return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
-
-
-def load_triplets(run: RunDir) -> pd.DataFrame:
-    return pd.read_parquet(run.data_dir(STAGE))
-
-
-def load_benign(run: RunDir, stage: str = STAGE) -> pd.DataFrame:
-    """A finished stage's benign questions and answers (empty when it has none)."""
-    path = run.data_dir(stage).parent / BENIGN_DIR / "benign.parquet"
-    if not path.is_file():
-        return pd.DataFrame(columns=["id", "kind", "domain", "topic", "question", "response"])
-    df = pd.read_parquet(path)
-    return df if "kind" in df else df.assign(kind=BENIGN)

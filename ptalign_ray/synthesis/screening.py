@@ -25,7 +25,8 @@ from typing import Sequence
 
 import pandas as pd
 
-RED_TEAM, BENIGN, EVERYDAY = "red_team", "benign", "everyday"
+from ptalign_ray.artifacts import BENIGN, EVERYDAY, RED_TEAM
+
 FRAGMENT, AMBIGUOUS = "fragment", "ambiguous"
 
 PROTECTIVE = re.compile(

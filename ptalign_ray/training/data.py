@@ -37,11 +37,10 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from ptalign_ray.artifacts import BENIGN, EVERYDAY, load_benign
 from ptalign_ray.chat_template import TemplateError, encode_example, load_tokenizer
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.runs import RunDir
-from ptalign_ray.synthesis.pipeline import BENIGN, load_benign
-from ptalign_ray.synthesis.screening import EVERYDAY
 from ptalign_ray.training.masks import MaskError, check_example, mle_targets, ut_targets
 
 SOURCE_STAGES = ("refinement", "synthesis")  # preferred first

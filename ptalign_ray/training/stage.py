@@ -23,19 +23,17 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ptalign_ray.artifacts import training_stage, upstream_key
 from ptalign_ray.config import PipelineConfig
 from ptalign_ray.runs import MANIFEST, RunDir, StageConfigMismatch, finished_stage, versions, write_json_atomic  # noqa: F401
 
-VARIANTS = {"ptalign": "training", "mle_only": "training_mle_only"}
 # Fields that change how a run is operated, not what it learns: a restart may change them.
 _OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only")
 FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
 
 
 def stage_name(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown training variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    return VARIANTS[variant]
+    return training_stage(variant)
 
 
 def variant_alpha(cfg: PipelineConfig, variant: str) -> float:
@@ -117,7 +115,7 @@ def train_stage(
     if force:
         run.clear(stage)
     source = source_stage(run)
-    source_hash = str(run.manifest(source).get("config_hash", ""))
+    source_hash = upstream_key(run, source)
     chash = training_hash(cfg, variant, source, source_hash)
     done = finished_stage(run, stage, chash, log)
     if done is not None:

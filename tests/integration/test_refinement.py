@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from ptalign_ray.artifacts import BENIGN_COLUMNS, BENIGN_DIR, load_benign, question_id
+from ptalign_ray.artifacts import TRIPLET_COLUMNS as SYN_COLUMNS
 from ptalign_ray.config import parse_config
 from ptalign_ray.refinement import pipeline
 from ptalign_ray.refinement.client import JudgeUnavailable
 from ptalign_ray.runs import MANIFEST, RunDir, write_json_atomic, write_parquet_atomic
 from ptalign_ray.seeds import load_seeds
-from ptalign_ray.synthesis.pipeline import BENIGN_COLUMNS, BENIGN_DIR, load_benign, question_id
-from ptalign_ray.synthesis.pipeline import COLUMNS as SYN_COLUMNS
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,11 @@ import itertools
 import pandas as pd
 import pytest
 
+from ptalign_ray import artifacts
 from ptalign_ray.config import parse_config
+from ptalign_ray.dedup import rouge_l_f1, tokenize
 from ptalign_ray.runs import RunDir
 from ptalign_ray.synthesis import pipeline
-from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ def finished_run(tmp_path_factory, tiny_model, ray_local):
 
 def test_dataset_schema_and_counts(finished_run):
     cfg, run, manifest = finished_run
-    df = pipeline.load_triplets(run)
+    df = artifacts.load_triplets(run)
     assert list(df.columns) == pipeline.COLUMNS
     assert len(df) > 0 and df["id"].is_unique
     for col in ("domain", "topic", "question", "positive", "toxic"):
@@ -89,7 +90,7 @@ def test_answers_start_from_the_seed_openings(finished_run):
 
     _, run, _ = finished_run
     seeds = load_seeds("default")
-    df = pipeline.load_triplets(run)
+    df = artifacts.load_triplets(run)
     for q, pos, tox in zip(df["question"], df["positive"], df["toxic"]):
         assert pos.startswith(seeds.opening_for(q, "positive"))
         assert tox.startswith(seeds.opening_for(q, "toxic"))
@@ -97,8 +98,8 @@ def test_answers_start_from_the_seed_openings(finished_run):
 
 def test_benign_questions_and_answers_are_stored_apart(finished_run):
     _, run, manifest = finished_run
-    benign = pipeline.load_benign(run)
-    assert list(benign.columns) == pipeline.BENIGN_COLUMNS
+    benign = artifacts.load_benign(run)
+    assert list(benign.columns) == artifacts.BENIGN_COLUMNS
     counts = manifest["counts"]
     assert len(benign) == counts["benign_answers"] + counts["everyday_answers"]
     assert (
@@ -111,12 +112,12 @@ def test_benign_questions_and_answers_are_stored_apart(finished_run):
     seeds = load_seeds("default")
     assert all(r.startswith(seeds.opening_for(q, "positive")) for q, r in zip(benign["question"], benign["refusal"]))
     assert (benign["response"].str.len() > 0).all() and (benign["response_tokens"] <= 24).all()
-    assert not set(benign["question"]) & set(pipeline.load_triplets(run)["question"])  # deduplicated together
+    assert not set(benign["question"]) & set(artifacts.load_triplets(run)["question"])  # deduplicated together
 
 
 def test_questions_are_deduplicated(finished_run):
     cfg, run, _ = finished_run
-    df = pipeline.load_triplets(run)
+    df = artifacts.load_triplets(run)
     toks = [tokenize(q) for q in df["question"]]
     worst = max((rouge_l_f1(a, b) for a, b in itertools.combinations(toks, 2)), default=0.0)
     assert worst < cfg.synthesis.dedup_threshold
@@ -152,7 +153,7 @@ def test_interrupted_stage_resumes_from_checkpointed_steps(tmp_path, tiny_model,
     manifest = pipeline.synthesize(cfg, run, str(tiny_model))
     assert manifest["steps"]["topics"]["resumed"] and manifest["steps"]["questions"]["resumed"]
     assert "resumed" not in manifest["steps"]["responses"]
-    df = pipeline.load_triplets(run)
+    df = artifacts.load_triplets(run)
     assert set(df["question"]) <= set(questions["question"])
     assert manifest["counts"]["topics"] == len(topics)
     assert not run.work_dir("synthesis").exists()

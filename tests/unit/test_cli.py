@@ -34,3 +34,38 @@ def test_bad_seed_file_exits_2(tmp_path):
     assert out.returncode == 2
     assert "invalid seed file" in out.stderr and "domains" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_config_schema_lists_every_field(capsys):
+    from ptalign_ray.cli import main
+    from ptalign_ray.config import config_fields
+
+    assert main(["config-schema"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert set(lines) == {path for path, _, _ in config_fields()}
+    assert "float" in lines["training.alpha"] and "1.0" in lines["training.alpha"]
+    assert "unlikelihood" in lines["training.alpha"]
+    assert '"offline"' in lines["judge.backend"]
+    assert "0.3" in lines["synthesis.topic_sampling.temperature"]
+
+
+def test_config_schema_json(capsys):
+    import json
+
+    from ptalign_ray.cli import main
+
+    assert main(["config-schema", "--json"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"training", "judge", "engine"} <= set(schema["properties"])
+    assert schema["$defs"]["TrainingConfig"]["properties"]["alpha"]["description"]
+
+
+def test_config_schema_needs_no_ray_and_no_model():
+    code = (
+        "import sys; from ptalign_ray.cli import main; rc = main(['config-schema']); "
+        "heavy = [m for m in ('ray', 'vllm', 'torch', 'transformers') if m in sys.modules]; "
+        "sys.exit(f'imported {heavy}' if heavy else rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

@@ -67,3 +67,44 @@ def test_section_hash_is_stable_and_sensitive():
     b.synthesis.questions_per_topic += 1
     assert a.section_hash("synthesis") != b.section_hash("synthesis")
     assert a.section_hash("training") == b.section_hash("training")
+
+
+def test_judge_backend_is_a_module_of_the_judging_package():
+    from ptalign_ray.config import JudgeConfig
+
+    assert JudgeConfig(backend="llm").backend == "llm"
+    with pytest.raises(ValueError, match="unknown judge backend 'guardian'"):
+        JudgeConfig(backend="guardian")
+    with pytest.raises(ConfigError, match="judge.backend"):
+        parse_config({"judge": {"backend": "../etc"}})
+
+
+def test_judge_deployments_take_resources_from_config():
+    from ptalign_ray.config import JudgeConfig
+    from ptalign_ray.judging.app import deployment_options
+
+    opts = deployment_options(JudgeConfig(num_cpus=4, num_gpus=1, replicas=2))
+    assert opts["num_replicas"] == 2 and opts["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
+    assert deployment_options(JudgeConfig())["ray_actor_options"] == {"num_cpus": 1.0}
+
+
+def test_every_config_field_has_a_description():
+    from ptalign_ray.config import config_fields
+
+    fields = list(config_fields())
+    paths = {path for path, _, _ in fields}
+    # the walk reaches nested sections, optional sections and list items
+    assert {"training.lora.r", "synthesis.topic_sampling.temperature", "judge.engine.device"} <= paths
+    assert "evaluation.user_prompt_files[].kind" in paths
+    missing = [path for path, field, _ in fields if not (field.description or "").strip()]
+    assert not missing, f"config fields without a description: {missing}"
+
+
+def test_config_fields_show_the_defaults_a_section_holds():
+    from ptalign_ray.config import REQUIRED, config_fields
+
+    defaults = {path: default for path, _, default in config_fields()}
+    assert defaults["synthesis.topic_sampling.temperature"] == 0.3  # not SamplingConfig's own 0.7
+    assert defaults["evaluation.sampling.max_tokens"] == 64
+    assert defaults["judge.engine"] is None and defaults["judge.engine.device"] == "cpu"
+    assert defaults["evaluation.user_prompt_files[].path"] is REQUIRED

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from ptalign_ray.synthesis.dedup import lcs_length, near_duplicate_mask, rouge_l_f1, tokenize
+from ptalign_ray.dedup import lcs_length, near_duplicate_mask, rouge_l_f1, tokenize
 
 
 def test_lcs_and_rouge_l_by_hand():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ptalign_ray.dedup import rouge_l_f1, tokenize
 from ptalign_ray.evaluation.overlap import find_overlaps, overlap_report
-from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
 
 
 def test_exact_near_and_none():

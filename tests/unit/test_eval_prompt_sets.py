@@ -106,8 +106,8 @@ def test_safe_lookalikes_cover_the_xstest_style_categories():
 
 
 def test_packaged_benign_sets_do_not_near_duplicate_the_seed_questions():
+    from ptalign_ray.dedup import rouge_l_f1, tokenize
     from ptalign_ray.seeds import load_seeds
-    from ptalign_ray.synthesis.dedup import rouge_l_f1, tokenize
 
     seeds = [tokenize(q) for q in load_seeds("default").all_questions()]
     assert seeds
@@ -249,3 +249,10 @@ def test_cli_rejects_a_bad_evaluation_config_with_exit_2(tmp_path):
     assert out.returncode == 2
     assert "evaluation.sets.1" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_registry_is_the_one_list_of_packaged_sets():
+    from ptalign_ray.config import EvaluationConfig
+
+    assert set(ps.LOADERS) == set(ps.SOURCES)  # every registered set has its provenance and license
+    assert EvaluationConfig(sets=list(ps.LOADERS)).sets == list(ps.LOADERS)

@@ -1,8 +1,8 @@
 import pytest
 
 from ptalign_ray.config import JudgeConfig
-from ptalign_ray.http_body import BodyError, parse_json_body
-from ptalign_ray.judging.app import BadRequest, parse_judge_request
+from ptalign_ray.http_body import HttpError, parse_json_body
+from ptalign_ray.judging.app import parse_judge_request
 
 
 @pytest.mark.parametrize(
@@ -10,7 +10,7 @@ from ptalign_ray.judging.app import BadRequest, parse_judge_request
     [(b"", "empty body: send X"), (b"  \n", "empty body"), (b"{x", "not valid JSON"), (b"\xff\xfe", "not valid JSON")],
 )
 def test_bodies_that_are_not_json_get_a_400_saying_what_to_send(body, needle):
-    with pytest.raises(BodyError) as err:
+    with pytest.raises(HttpError) as err:
         parse_json_body(body, "X")
     assert err.value.status == 400 and needle in err.value.message
 
@@ -21,6 +21,6 @@ def test_json_of_any_shape_is_returned_for_the_caller_to_check():
 
 
 def test_the_judge_maps_body_errors_to_its_own_error_type():
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(HttpError) as err:
         parse_judge_request(b"", JudgeConfig())
     assert err.value.status == 400 and '{"items"' in err.value.message

@@ -13,8 +13,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from ptalign_ray.config import ConfigError, ServingConfig, parse_config
+from ptalign_ray.http_body import HttpError
 from ptalign_ray.serving.protection import (
-    ApiError,
     ApiKeyError,
     Limits,
     ProtectionMiddleware,
@@ -37,7 +37,7 @@ def test_bearer_check():
     check_bearer("bearer  s3cret ", digest)
     for header, needle in [(None, "missing"), ("s3cret", "malformed"), ("Basic s3cret", "malformed"),
                            ("Bearer ", "malformed"), ("Bearer wrong", "invalid API key")]:  # fmt: skip
-        with pytest.raises(ApiError, match=needle) as err:
+        with pytest.raises(HttpError, match=needle) as err:
             check_bearer(header, digest)
         assert err.value.status == 401
 
@@ -98,7 +98,7 @@ def test_serving_config_validation_names_the_field():
     ],
 )
 def test_generation_limits(path, body, needle):
-    with pytest.raises(ApiError, match=needle) as err:
+    with pytest.raises(HttpError, match=needle) as err:
         check_generation_request(path, body, LIMITS)
     assert err.value.status == 400
 
