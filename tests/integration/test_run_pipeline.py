@@ -30,8 +30,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> N
         time.sleep(1)
 
 
-# The whole pipeline three times on the tiny model (synthesis with its anchors, two trainings, three
-# models evaluated greedy + sampled under three judges): longer than the suite's 900 s default.
+# The whole pipeline twice on the tiny model (synthesis with its anchors, two trainings, three models
+# evaluated greedy + sampled under three judges) plus two checks that nothing or everything is redone.
 @pytest.mark.timeout(2700)
 def test_interrupted_run_resumes_at_the_unfinished_stage_and_completes(tmp_path, tiny_model):
     config = tmp_path / "tiny.yaml"
@@ -83,3 +83,21 @@ def test_interrupted_run_resumes_at_the_unfinished_stage_and_completes(tmp_path,
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("synthesis", "refinement", "training", "training_mle_only", "evaluation"):
         assert f"[{stage}] already finished" in again.stdout, stage
+
+    # 4. New data under the same config (`synthesize --force`): every downstream stage is redone,
+    # none is taken as finished on the stale data (their hashes include the upstream publication).
+    before = {
+        s: (run.stage_dir(s) / "manifest.json").stat().st_mtime_ns for s in ("refinement", "training", "evaluation")
+    }
+    forced = subprocess.run(
+        _ptalign("synthesize", "--force", "--config", str(config), "--run-dir", str(run.root)),
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    redo = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1500)
+    assert redo.returncode == 0, redo.stdout[-3000:] + redo.stderr[-3000:]
+    assert "[synthesis] already finished" in redo.stdout
+    for stage in ("refinement", "training", "training_mle_only", "evaluation"):
+        assert f"[{stage}] already finished" not in redo.stdout, stage
+    for stage, mtime in before.items():
+        assert (run.stage_dir(stage) / "manifest.json").stat().st_mtime_ns > mtime, stage
