@@ -3,6 +3,7 @@
 Layout of a run directory::
 
     RUN/
+      .lock           held by the one command working in RUN (holder: pid, host, command, start)
       synthesis/      data/*.parquet + manifest.json   (one folder per finished stage)
       refinement/ ...
       .work/<stage>/  checkpoints of sub-steps of an unfinished stage
@@ -16,11 +17,13 @@ Stage and work folders are 0700 and their files 0600: they hold toxic text.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -32,11 +35,17 @@ from typing import Any, BinaryIO, Callable, Iterator, Optional
 import pandas as pd
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+WORK = ".work"
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 
 class StageConfigMismatch(RuntimeError):
     """A finished stage was produced with a different config."""
+
+
+class RunDirLocked(RuntimeError):
+    """Another command is working in the run directory."""
 
 
 def _fsync_path(path: Path) -> None:
@@ -121,9 +130,49 @@ class RunDir:
             )
         return self.stage_dir(stage) / "data"
 
+    def lock(self, command: str) -> "RunLock":
+        """Takes the run directory for one command, or raises RunDirLocked naming the holder.
+
+        Two commands in one run directory would delete each other's folders and share the judge's
+        port and Ray Train's storage name. The lock is a flock: the OS drops it when its process
+        dies, so a killed run never blocks the next; the holder written into the file only informs.
+        Holding it, leftovers of crashed runs (temporary and trash folders) are removed.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise RunDirLocked(
+                f"{self.root} is in use by another ptalign command: {holder}. Wait for it to finish, or stop it "
+                "and rerun this command (finished steps are kept); to run both at once, use another --run-dir"
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %z")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._tidy()
+        return RunLock(fd)
+
+    def _tidy(self) -> None:
+        """Removes what crashed runs left (unfinished stage folders, trash, temporary files: merged
+        weights can be GBs) and makes stage and work folders of older versions private."""
+        leftovers = [*self.root.glob(".*.tmp-*"), *self.root.glob(".*.trash-*"), *self.root.glob(f"{WORK}/*/.*.tmp-*")]
+        for path in leftovers:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        _private_mkdir(self.root / WORK)
+        for folder in (self.root / WORK, *(d.parent for d in self.root.glob(f"*/{MANIFEST}"))):
+            folder.chmod(PRIVATE_DIR)
+
     def _set_aside(self, path: Path) -> Optional[Path]:
         """Renames a folder to a trash name in one atomic step (None if absent): no reader ever sees it
-        half-deleted, and a crash before its removal leaves only a hidden trash folder."""
+        half-deleted, and a crash before its removal leaves only trash for the next _tidy()."""
         if not path.exists():
             return None
         trash = self.root / f".{path.name}.trash-{uuid.uuid4().hex[:12]}"
@@ -164,6 +213,26 @@ class RunDir:
             self._discard(self.work_dir(stage))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class RunLock:
+    """A held run directory lock (see RunDir.lock); closing the descriptor releases it."""
+
+    def __init__(self, fd: int):
+        self.fd: Optional[int] = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _holder_text(raw: bytes) -> str:
+    try:
+        h = json.loads(raw)
+        return f"pid {h['pid']} on {h['host']} (stop: `kill {h['pid']}` there), `{h['command']}`, since {h['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "it is just starting (holder not written yet)"
 
 
 def _seal(folder: Path) -> None:

@@ -1,13 +1,17 @@
 """Run directory guarantees: one command at a time, no partial stage after a crash, checkpoints that
-cannot be mistaken for another step's output, private modes."""
+cannot be mistaken for another step's output, private modes, leftovers of crashed runs removed."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
 import signal
+import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pandas as pd
 import pytest
 
 from ptalign_ray import runs
-from ptalign_ray.runs import MANIFEST, RunDir, checkpointed, read_json, write_json_atomic
+from ptalign_ray.runs import MANIFEST, RunDir, RunDirLocked, checkpointed, read_json, write_json_atomic
 
 
 def _mode(path: Path) -> int:
@@ -45,6 +49,39 @@ def _stage_gen(run: RunDir, stage: str):
 def _leftovers(run: RunDir) -> list[str]:
     found = [*run.root.glob(".*.tmp-*"), *run.root.glob(".*.trash-*"), *run.root.glob(".work/*/.*.tmp-*")]
     return sorted(p.name for p in found)
+
+
+# -- lock ----------------------------------------------------------------------------------------
+
+
+def test_second_lock_fails_fast_naming_the_holder(tmp_path):
+    run = RunDir(tmp_path / "run")
+    held = run.lock("ptalign run --run-dir x")
+    t0 = time.perf_counter()
+    with pytest.raises(RunDirLocked) as err:
+        RunDir(tmp_path / "run").lock("ptalign refine --run-dir x")
+    assert time.perf_counter() - t0 < 1.0
+    msg = str(err.value)
+    assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg
+    assert "`ptalign run --run-dir x`" in msg and "since 20" in msg and "--run-dir" in msg
+    held.release()
+    RunDir(tmp_path / "run").lock("again").release()  # released: free again
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path):
+    root = tmp_path / "run"
+    code = f"from ptalign_ray.runs import RunDir; RunDir({str(root)!r}).lock('ptalign train'); print('locked', flush=True); import time; time.sleep(60)"  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirLocked, match=f"pid {proc.pid} "):
+            RunDir(root).lock("ptalign train")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lock = RunDir(root).lock("ptalign train")  # the stale holder file does not matter
+    assert json.loads((root / ".lock").read_text())["pid"] == os.getpid()
+    lock.release()
 
 
 # -- crash safety of building() / clear() --------------------------------------------------------
@@ -87,12 +124,15 @@ def test_crash_while_deleting_leaves_no_partial_stage(tmp_path, monkeypatch):
         _build(run, "stage", 3)  # the new stage is in place, the old one half-deleted in the trash
     assert _stage_gen(run, "stage") == 3
     monkeypatch.undo()
-    assert _leftovers(run)  # only hidden trash is left by the "crash"
+    assert _leftovers(run)  # trash left by the "crash" ...
+    run.lock("tidy").release()
+    assert _leftovers(run) == [] and _stage_gen(run, "stage") == 3  # ... removed by the next command
 
 
 def _writer(root: str, gen: int) -> None:
     """Replaces a stage again and again (every 8th time after clear(), as --force does) until killed."""
     run = RunDir(root)
+    run.lock("writer")
     while True:
         gen += 1
         if gen % 8 == 0:
@@ -117,6 +157,8 @@ def test_sigkill_at_random_points_never_leaves_a_partial_stage(tmp_path):
         seen.append(gen)
     print("stage generation after each kill:", seen)
     assert sum(g is not None for g in seen) >= 4 and last > 0  # it made progress and was mostly there
+    run.lock("tidy").release()
+    assert _leftovers(run) == []
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -156,10 +198,31 @@ def test_checkpoint_resumes_only_with_a_matching_meta(tmp_path):
 # -- leftovers and permissions -------------------------------------------------------------------
 
 
+def test_lock_removes_leftovers_of_crashed_runs(tmp_path):
+    run = RunDir(tmp_path / "run")
+    _build(run, "synthesis", 1)
+    for name in (".training.tmp-abc123", ".refinement.trash-0f0f"):
+        (run.root / name / "merged").mkdir(parents=True)
+        (run.root / name / "merged" / "model.safetensors").write_bytes(b"0" * 1000)
+    work = run.work_dir("refinement")
+    work.mkdir(parents=True)
+    (work / ".round_0.parquet.tmp-xyz").write_bytes(b"partial")
+    (work / "round_0.parquet").write_bytes(b"kept")
+    assert len(_leftovers(run)) == 3
+    run.lock("ptalign refine").release()
+    assert _leftovers(run) == []
+    assert (work / "round_0.parquet").read_bytes() == b"kept" and _stage_gen(run, "synthesis") == 1
+
+
 def test_stage_and_work_files_are_private(tmp_path):
     old = os.umask(0o022)
     try:
         run = RunDir(tmp_path / "run")
+        legacy = run.root / "evaluation"  # a stage folder of an older version
+        legacy.mkdir(parents=True, mode=0o755)
+        (legacy / MANIFEST).write_text("{}")
+        run.lock("ptalign synthesize").release()
+        assert _mode(legacy) == 0o700 and _mode(run.root / ".work") == 0o700
         checkpointed(run.work_dir("synthesis"), "topics", "h", _step([]))
         with run.building("synthesis") as tmp:
             runs.write_parquet_atomic(pd.DataFrame({"x": [1]}), tmp / "data" / "triplets.parquet")
@@ -173,5 +236,6 @@ def test_stage_and_work_files_are_private(tmp_path):
         stage = run.stage_dir("synthesis")
         modes = {str(p.relative_to(stage)): _mode(p) for p in [stage, *stage.rglob("*")]}
         assert all(m == (0o700 if (stage / p).is_dir() else 0o600) for p, m in modes.items()), modes
+        assert _mode(run.root / ".lock") == 0o600
     finally:
         os.umask(old)
