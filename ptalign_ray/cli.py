@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from ptalign_ray.config import ConfigError, PipelineConfig, load_config
 from ptalign_ray.refinement.client import JudgeUnavailable
 from ptalign_ray.refinement.export import ExportRefused
-from ptalign_ray.runs import RunDir, StageConfigMismatch
+from ptalign_ray.runs import RunDir, RunDirLocked, RunLock, StageConfigMismatch
 from ptalign_ray.seeds import SeedError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -37,10 +38,29 @@ def _stage_context(args) -> tuple[PipelineConfig, RunDir, str]:
     cfg = _config(args.config)
     load_seeds(cfg.seeds)  # fail on a bad seed file before loading any model
     run = RunDir(args.run_dir)
+    _hold_lock(run)
     _open_run_log(args.run_dir)
     model_path = resolve_model(cfg.model.name_or_path)
     init_ray(cfg.ray)
     return cfg, run, model_path
+
+
+_LOCKS: dict[Path, RunLock] = {}  # run directories this command holds (`run` enters several stages)
+
+
+def _hold_lock(run: RunDir) -> None:
+    """One command at a time per run directory, held until main() returns (or the process dies).
+
+    Only the stage commands and `run` take it: `export`, `serve` and `validate` only read (a stage
+    folder appears and disappears in one rename, so they never see a partial one).
+    """
+    if run.root not in _LOCKS:
+        _LOCKS[run.root] = run.lock(shlex.join(["ptalign", *sys.argv[1:]]))
+
+
+def _release_locks() -> None:
+    while _LOCKS:
+        _LOCKS.popitem()[1].release()
 
 
 _LOG_FILE: list = []  # the run directory's log (logs/ptalign.log), once a stage command opened it
@@ -364,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         SeedError,
         FileNotFoundError,
         StageConfigMismatch,
+        RunDirLocked,
         JudgeUnavailable,
         ExportRefused,
         ValueError,
@@ -373,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptalign: interrupted; finished steps are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        _release_locks()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ invalid JSON -> 400, too large -> 413, wrong schema / empty / too many items / o
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -160,6 +161,29 @@ def start_judge(
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     serve.run(build_judge_deployment(cfg, policy_model_path, engine), name=APP_NAME, route_prefix=ROUTE_PREFIX)
     return judge_url(cfg)
+
+
+@contextmanager
+def judge_on_serve(
+    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+) -> Iterator[str]:
+    """The judge app on Serve for the block (yields its URL); afterwards removes only what it started.
+
+    serve.shutdown() would end every Serve app on a shared cluster: the judge app is deleted by
+    name, and Serve itself (controller, proxy on the judge's port) is shut down only when it was
+    not running before and no other app runs on it now.
+    """
+    from ray import serve
+
+    before = serve.status()
+    serve_was_running = bool(before.proxies or before.applications)
+    try:
+        yield start_judge(cfg, policy_model_path, engine)
+    finally:
+        if APP_NAME in serve.status().applications:
+            serve.delete(APP_NAME)
+        if not serve_was_running and not serve.status().applications:
+            serve.shutdown()
 
 
 def judge_url(cfg: JudgeConfig) -> str:

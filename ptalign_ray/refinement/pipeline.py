@@ -11,6 +11,7 @@ Every round is checkpointed, so an interrupted stage (or an unreachable judge) k
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from typing import Optional
 
 import pandas as pd
@@ -255,14 +256,14 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     triplets = load_triplets(run)
     work = run.work_dir(STAGE)
     timer = StepTimer()
-    started_judge = False
-    if judge_url is None:
-        from ptalign_ray.judging.app import start_judge
+    with ExitStack() as judge:
+        if judge_url is None:  # started here, removed when the block ends
+            from ptalign_ray.judging.app import judge_on_serve
 
-        log(f"[refinement] starting the {cfg.judge.backend} judge on Ray Serve at {cfg.judge.host}:{cfg.judge.port}")
-        judge_url = start_judge(cfg.judge, model_path, cfg.engine)
-        started_judge = True
-    try:
+            log(
+                f"[refinement] starting the {cfg.judge.backend} judge on Ray Serve at {cfg.judge.host}:{cfg.judge.port}"
+            )
+            judge_url = judge.enter_context(judge_on_serve(cfg.judge, model_path, cfg.engine))
         if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():
             raise JudgeUnavailable(f"the judge at {judge_url} is not answering /healthz")
         with timer.step("own_answers") as rec:
@@ -306,11 +307,6 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
             log(
                 f"[refinement] benign answers: {rec['kept']}/{rec['total']} help and are not harmful ({rec['seconds']}s)"
             )
-    finally:
-        if started_judge:
-            from ray import serve
-
-            serve.shutdown()
 
     out, dropped = _final(state, triplets, cfg, chash)
     quality = _quality(rounds, out, dropped, len(triplets))

@@ -1,5 +1,6 @@
 """CLI error handling: bad configs and seed files exit 2 with a message that says what to fix."""
 
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,16 @@ def test_config_schema_needs_no_ray_and_no_model():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_second_command_on_a_busy_run_dir_exits_2_naming_the_holder(tmp_path):
+    from ptalign_ray.runs import RunDir
+
+    held = RunDir(tmp_path / "run").lock("ptalign run --run-dir run")
+    try:
+        out = _ptalign("synthesize", "--run-dir", str(tmp_path / "run"))
+    finally:
+        held.release()
+    assert out.returncode == 2, out.stderr
+    assert "is in use by another ptalign command" in out.stderr and f"pid {os.getpid()}" in out.stderr
+    assert "`ptalign run --run-dir run`" in out.stderr and "Traceback" not in out.stderr

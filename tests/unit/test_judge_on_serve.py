@@ -1,0 +1,70 @@
+"""`ptalign refine` removes only what it started on Ray Serve: its judge app, and Serve itself only
+when Serve was not running before and nothing else runs on it (serve.shutdown() would end every app
+on a shared cluster)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from ray import serve
+
+from ptalign_ray.config import JudgeConfig
+from ptalign_ray.judging import app
+
+
+class FakeServe:
+    def __init__(self, running: bool, apps=()):
+        self.running, self.apps, self.calls = running, set(apps), []
+
+    def status(self):
+        return SimpleNamespace(
+            proxies={"node": "HEALTHY"} if self.running else {}, applications=dict.fromkeys(self.apps)
+        )
+
+    def start_judge(self, cfg, policy_model_path=None):
+        self.running = True
+        self.apps.add(app.APP_NAME)
+        return app.judge_url(cfg)
+
+    def delete(self, name, _blocking=True):
+        self.calls.append(("delete", name))
+        self.apps.discard(name)
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+        self.running, self.apps = False, set()
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def make(running, apps=()):
+        f = FakeServe(running, apps)
+        for name in ("status", "delete", "shutdown"):
+            monkeypatch.setattr(serve, name, getattr(f, name))
+        monkeypatch.setattr(app, "start_judge", f.start_judge)
+        return f
+
+    return make
+
+
+def test_serve_started_here_is_shut_down(fake):
+    f = fake(running=False)
+    with app.judge_on_serve(JudgeConfig(port=8001)) as url:
+        assert url == "http://127.0.0.1:8001"
+    assert f.calls == [("delete", "judge"), ("shutdown",)]
+
+
+def test_other_apps_on_a_shared_serve_are_left_running(fake):
+    f = fake(running=True, apps={"chat"})
+    with pytest.raises(KeyboardInterrupt):
+        with app.judge_on_serve(JudgeConfig()):
+            raise KeyboardInterrupt
+    assert f.calls == [("delete", "judge")] and f.apps == {"chat"} and f.running
+
+
+def test_an_app_deployed_meanwhile_keeps_serve_up(fake):
+    f = fake(running=False)
+    with app.judge_on_serve(JudgeConfig()):
+        f.apps.add("someone-else")
+    assert f.calls == [("delete", "judge")] and f.running
