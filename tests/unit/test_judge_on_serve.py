@@ -22,7 +22,7 @@ class FakeServe:
             proxies={"node": "HEALTHY"} if self.running else {}, applications=dict.fromkeys(self.apps)
         )
 
-    def start_judge(self, cfg, policy_model_path=None):
+    def start_judge(self, cfg, policy_model_path=None, engine=None):
         self.running = True
         self.apps.add(app.APP_NAME)
         return app.judge_url(cfg)
