@@ -247,14 +247,25 @@ def _seal(folder: Path) -> None:
         _fsync_path(Path(dirpath))
 
 
-def finished_stage(run: "RunDir", stage: str, config_hash: str, log=print) -> Optional[dict]:
+def finished_stage(
+    run: "RunDir", stage: str, config_hash: str, log=print, upstream: Optional[dict] = None
+) -> Optional[dict]:
     """The manifest of a stage finished with this config hash, None if unfinished.
 
-    A stage finished with another config is an error: silently reusing stale outputs is worse.
+    ``upstream``: the identities of the stages it reads (artifacts.upstream_key). A stage whose
+    inputs were re-published since it finished (e.g. after `ptalign synthesize --force`) is stale:
+    it is cleared and redone. A stage finished with another config is an error: silently reusing
+    stale outputs is worse, and replacing results made with another config needs --force.
     """
     if not run.is_done(stage):
         return None
     manifest = run.manifest(stage)
+    recorded = manifest.get("upstream")
+    if upstream is not None and recorded is not None and recorded != upstream:
+        changed = sorted(k for k in set(recorded) | set(upstream) if recorded.get(k) != upstream.get(k))
+        log(f"[{stage}] its input changed since it finished ({', '.join(changed)} re-published): redoing it")
+        run.clear(stage)
+        return None
     if manifest.get("config_hash") != config_hash:
         raise StageConfigMismatch(
             f"{run.stage_dir(stage)} was made with another config (hash {manifest.get('config_hash')}, now "

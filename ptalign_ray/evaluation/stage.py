@@ -175,7 +175,10 @@ def evaluate(
     chash = _hash({"evaluation": ecfg.model_dump(mode="json"), "seed": cfg.seed, "prompts": prompt_hash,
                    "models": {m: v["identity"] for m, v in models.items()}, "skipped": sorted(skipped),
                    "references": ref_hashes})  # fmt: skip
-    done = finished_stage(run, STAGE, chash, log)
+    # what it read: the synthesised / refined questions and every trained model it evaluates
+    upstream = {k: v for k, v in ref_hashes.items() if k != "seeds"}
+    upstream.update({m: v["identity"][TRAINED[m]] for m, v in models.items() if m in TRAINED})
+    done = finished_stage(run, STAGE, chash, log, upstream)
     if done is not None:
         return done
 
@@ -357,6 +360,7 @@ def evaluate(
         manifest = {
             "stage": STAGE,
             "config_hash": chash,
+            "upstream": upstream,
             "models": list(models),
             "models_skipped": skipped,
             "prompts": {

@@ -246,10 +246,11 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     if syn is None:
         raise FileNotFoundError(f"no finished synthesis in {run.root}; run `ptalign synthesize` first")
     seeds = load_seeds(cfg.seeds)
-    chash = config_hash(cfg, upstream_key(run, SYNTHESIS), seeds)
+    upstream = {SYNTHESIS: upstream_key(run, SYNTHESIS)}
+    chash = config_hash(cfg, upstream[SYNTHESIS], seeds)
     if force:
         run.clear(STAGE)
-    done = finished_stage(run, STAGE, chash, log)
+    done = finished_stage(run, STAGE, chash, log, upstream)
     if done is not None:
         return done
 
@@ -317,6 +318,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     manifest = {
         "stage": STAGE,
         "config_hash": chash,
+        "upstream": upstream,
         "synthesis_config_hash": syn["config_hash"],
         "model": cfg.model.name_or_path,
         "judge": {"backend": cfg.judge.backend, "model": cfg.judge.model, "url": judge_url},

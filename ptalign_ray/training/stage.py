@@ -117,7 +117,7 @@ def train_stage(
     source = source_stage(run)
     source_hash = upstream_key(run, source)
     chash = training_hash(cfg, variant, source, source_hash)
-    done = finished_stage(run, stage, chash, log)
+    done = finished_stage(run, stage, chash, log, {source: source_hash})
     if done is not None:
         return done
     if tcfg.strategy == "fsdp" and not tcfg.use_gpu:
@@ -200,6 +200,7 @@ def train_stage(
             "stage": stage,
             "variant": variant,
             "config_hash": chash,
+            "upstream": {source: source_hash},
             "model": cfg.model.name_or_path,
             "model_path": model_path,
             "source": {"stage": source, "config_hash": source_hash, "path": str(run.data_dir(source))},

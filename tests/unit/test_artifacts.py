@@ -31,3 +31,17 @@ def test_stage_digest_of_a_missing_stage_is_empty(tmp_path):
 def test_variants_are_declared_once():
     assert training_stage("ptalign") == "training" and training_stage("mle_only") == "training_mle_only"
     assert {v.api_name for v in VARIANTS.values()} == {"ptalign", "mle-only"}
+
+
+def test_a_stage_whose_input_was_republished_is_redone_not_an_error(tmp_path):
+    import pytest
+
+    from ptalign_ray.runs import StageConfigMismatch, finished_stage
+
+    run, said = RunDir(tmp_path / "run"), []
+    _publish(run, "refinement", {"stage": "refinement", "config_hash": "h1", "upstream": {"synthesis": "a"}})
+    assert finished_stage(run, "refinement", "h1", said.append, {"synthesis": "a"})["config_hash"] == "h1"
+    with pytest.raises(StageConfigMismatch):  # same input, another config: the user must say --force
+        finished_stage(run, "refinement", "h2", said.append, {"synthesis": "a"})
+    assert finished_stage(run, "refinement", "h2", said.append, {"synthesis": "b"}) is None  # new input: redo
+    assert not run.is_done("refinement") and "synthesis re-published" in said[-1]
