@@ -3,7 +3,10 @@
 Data. Every worker receives the whole pre-tokenised dataset (it is small: one row per question) and
 takes its own rows by index: each epoch has a seeded permutation of the rows, a step consumes the next
 ``world_size * batch_size * grad_accum_steps`` of them, and rank r takes every world_size-th row of
-that slice. Ray Data's streaming split hands blocks to whichever worker asks first, so a data position
+that slice. Every row is trained exactly once per epoch: the last step of an epoch may be short, and
+then a rank with fewer rows (or none) makes up the missing micro-batches with an empty dummy row
+(zero loss, zero gradient), so every rank runs the same forward / backward passes and collectives.
+Ray Data's streaming split hands blocks to whichever worker asks first, so a data position
 could not be replayed exactly; index sharding makes the position a single number (rows consumed in the
 epoch) that stays valid when the number of workers changes (elastic training, a restart on another
 layout).
@@ -94,19 +97,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def step_rows(order: list[int], position: int, rows_per_step: int, world: int, rank: int) -> tuple[list[int], int]:
-    """This rank's row indices for the step starting at ``position``, and the rows consumed.
+    """This rank's row indices for the step starting at ``position``, and the rows consumed (all ranks).
 
-    The last step of an epoch may be short; it is padded (wrapping to the start of the order) to a
-    multiple of the world size so every rank gets the same number of rows and runs the same number of
-    forward / backward passes.
+    No padding: a short last step gives some ranks fewer rows, or none (see :func:`micro_batches`).
     """
     take = order[position : position + rows_per_step]
-    consumed = len(take)
-    if consumed == 0:
+    if not take:
         raise ValueError(f"no rows left at position {position} of {len(order)}")
-    short = (-len(take)) % world
-    take = take + [order[i % len(order)] for i in range(short)]
-    return take[rank::world], consumed
+    return take[rank::world], len(take)
+
+
+def micro_batches(consumed: int, world: int, batch_size: int) -> int:
+    """Micro-batches every rank runs in a step of ``consumed`` rows: the largest rank share, batched.
+
+    The same number on every rank keeps DDP / FSDP collectives matched when the shares differ.
+    """
+    return math.ceil(math.ceil(consumed / world) / batch_size)
 
 
 def steps_per_epoch(n_rows: int, rows_per_step: int) -> int:
@@ -243,10 +249,26 @@ class Stepper:
         pos_logp, pos_mask, pos_tokens = self._logprobs([r.pos_ids for r in rows], [r.pos_mask for r in rows])
         return dual_loss(pos_logp, pos_mask, tox_logp, tox_mask, alpha, n_pos, n_tox), tokens + pos_tokens
 
-    def train_step(self, rows: list[Pair], measure_toxic: bool) -> dict:
-        """One optimizer step over this rank's rows (split into micro-batches)."""
+    def dummy(self) -> Pair:
+        """An empty row (two pad tokens, nothing supervised): a forward that adds zero loss and gradient."""
+        return Pair("", [self.pad_id] * 2, [0, 0], [self.pad_id] * 2, [0, 0])
+
+    def split_micro(self, rows: list[Pair], n_micro: int) -> list[list[Pair]]:
+        """``rows`` in batches of ``batch_size``, made up to ``n_micro`` with dummy micro-batches."""
         b = self.tcfg.batch_size
         micro = [rows[i : i + b] for i in range(0, len(rows), b)]
+        if len(micro) > n_micro:
+            raise ValueError(f"{len(rows)} rows need {len(micro)} micro-batches of {b}, more than {n_micro}")
+        return micro + [[self.dummy()]] * (n_micro - len(micro))
+
+    def train_step(self, rows: list[Pair], measure_toxic: bool, n_micro: int | None = None) -> dict:
+        """One optimizer step over this rank's rows in ``n_micro`` micro-batches (the same on every rank).
+
+        ``n_micro`` defaults to what ``rows`` need (a single worker); a rank with fewer rows than the
+        others, or none, runs dummy micro-batches so every rank does the same passes and all-reduces.
+        """
+        real = math.ceil(len(rows) / self.tcfg.batch_size)  # the micro-batches that hold rows
+        micro = self.split_micro(rows, real if n_micro is None else n_micro)
         with_toxic = self.alpha > 0 or measure_toxic
         n_pos, n_tox = self.all_reduce(
             [sum(sum(r.pos_mask) for r in rows), sum(sum(r.tox_mask) for r in rows) if with_toxic else 0]
@@ -262,7 +284,7 @@ class Stepper:
             sums["mle"] += float(out.mle)
             sums["ut"] += float(out.ut)
             sums["toxic_prob"] += float(out.toxic_prob_mean)
-            sums["tokens"] += tokens
+            sums["tokens"] += tokens if i < real else 0  # a dummy's pad tokens are not throughput
         if hasattr(self.model, "clip_grad_norm_"):  # FSDP
             grad_norm = self.model.clip_grad_norm_(self.tcfg.max_grad_norm)
         else:
@@ -284,14 +306,8 @@ class Stepper:
         rows = self.holdout_rows
         if not rows:
             return {}
-        b = self.tcfg.batch_size
         mine = rows[self.rank :: self.world]
-        n_batches = math.ceil(math.ceil(len(rows) / self.world) / b)
-        micro = [mine[i : i + b] for i in range(0, len(mine), b)]
-        dummy = Pair(
-            rows[0].id, rows[0].pos_ids, [0] * len(rows[0].pos_mask), rows[0].tox_ids, [0] * len(rows[0].tox_mask)
-        )
-        micro += [[dummy]] * (n_batches - len(micro))  # same number of forwards on every rank
+        micro = self.split_micro(mine, micro_batches(len(rows), self.world, self.tcfg.batch_size))
         n_pos, n_tox = self.all_reduce([sum(sum(r.pos_mask) for r in mine), sum(sum(r.tox_mask) for r in mine)])
         self.model.eval()
         sums = [0.0, 0.0, 0.0]
@@ -507,7 +523,8 @@ def train_loop_per_worker(config: dict) -> None:
         epoch_end = p.position + consumed >= n
         last = epoch_end and p.epoch + 1 >= tcfg.epochs
         t0 = time.perf_counter()
-        out = w.train_step(rows, measure_toxic=is_report or is_ckpt or epoch_end)
+        n_micro = micro_batches(consumed, w.world, tcfg.batch_size)
+        out = w.train_step(rows, measure_toxic=is_report or is_ckpt or epoch_end, n_micro=n_micro)
         window.add(out, time.perf_counter() - t0)
         p.step, p.samples_seen, p.position = step, p.samples_seen + consumed, p.position + consumed
         _maybe_crash(config, step, w.rank, w.world)
