@@ -115,6 +115,15 @@ def micro_batches(consumed: int, world: int, batch_size: int) -> int:
     return math.ceil(math.ceil(consumed / world) / batch_size)
 
 
+def step_lr(samples_seen: int, consumed: int, total: int, base_lr: float, warmup_ratio: float) -> float:
+    """The learning rate of a step: the schedule at the middle of the samples this step trains on.
+
+    Known before the step (progress so far plus half of its rows), and strictly inside (0, 1): the
+    first step is already warming up and the last one still learns (at 0 or 1 the schedule is 0).
+    """
+    return lr_at((samples_seen + consumed / 2) / max(total, 1), base_lr, warmup_ratio)
+
+
 def steps_per_epoch(n_rows: int, rows_per_step: int) -> int:
     return math.ceil(n_rows / rows_per_step)
 
@@ -514,7 +523,7 @@ def train_loop_per_worker(config: dict) -> None:
         order = epoch_order(n, tcfg.seed, p.epoch)
         mine, consumed = step_rows(order, p.position, w.rows_per_step, w.world, w.rank)
         rows = [w.train_rows[i] for i in mine]
-        lr = lr_at((p.samples_seen + consumed) / max(w.total_samples, 1), tcfg.learning_rate, tcfg.warmup_ratio)
+        lr = step_lr(p.samples_seen, consumed, w.total_samples, tcfg.learning_rate, tcfg.warmup_ratio)
         for group in w.optimizer.param_groups:
             group["lr"] = lr
         step = p.step + 1

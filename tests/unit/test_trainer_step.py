@@ -18,6 +18,7 @@ from ptalign_ray.training.trainer import (
     lr_at,
     micro_batches,
     pad_batch,
+    step_lr,
     step_rows,
     steps_per_epoch,
 )
@@ -75,6 +76,20 @@ def test_resume_position_is_valid_for_another_world_size():
         rest.extend(i for p in parts for i in p[0])
         position += parts[0][1]
     assert sorted(rest) == sorted(order[8:])
+
+
+@pytest.mark.parametrize("n, world, batch, epochs, warmup", [(19, 2, 2, 3, 0.1), (19, 2, 2, 3, 0.0), (5, 1, 8, 1, 0.5)])
+def test_first_and_last_steps_have_a_positive_learning_rate(n, world, batch, epochs, warmup):
+    base, seen, lrs = 1e-3, 0, []
+    for _, consumed, _ in _epoch_steps(n, world, batch, epochs=epochs):
+        lrs.append((seen + consumed / 2, step_lr(seen, consumed, n * epochs, base, warmup)))
+        seen += consumed
+    assert seen == n * epochs
+    values = [lr for _, lr in lrs]
+    assert values[0] > 0 and values[-1] > 0 and max(values) <= base
+    warm = [lr for mid, lr in lrs if mid < warmup * n * epochs]
+    decay = [lr for mid, lr in lrs if mid >= warmup * n * epochs]
+    assert warm == sorted(warm) and decay == sorted(decay, reverse=True)  # up during warm-up, then down
 
 
 def test_pad_batch():
