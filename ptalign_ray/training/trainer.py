@@ -460,14 +460,20 @@ def _maybe_crash(config: dict, step: int, rank: int, world: int) -> None:
     os._exit(1)
 
 
-class _Window:
-    """Metrics accumulated between two reports."""
+class Window:
+    """Metrics accumulated between two reports (per rank; all-reduced when reported).
+
+    L_MLE is the mean over the window's steps. L_UT and the toxic-token probability are weighted by
+    each step's toxic tokens: a step with none (benign rows only, or not measured) adds nothing,
+    instead of a 0 that would pull the averages down.
+    """
 
     def __init__(self) -> None:
-        self.steps = self.tox_steps = 0
-        self.mle = self.ut = self.toxic_prob = 0.0
+        self.steps = 0
+        self.mle = 0.0
+        self.ut_sum = self.toxic_prob_sum = 0.0  # over toxic tokens: per-step value x its toxic tokens
         self.tokens = 0
-        self.pos_tokens = self.tox_tokens = 0.0
+        self.pos_tokens = self.tox_tokens = 0.0  # global counts (already all-reduced per step)
         self.seconds = 0.0
         self.grad_norm = 0.0
 
@@ -479,10 +485,27 @@ class _Window:
         self.seconds += seconds
         self.grad_norm = out["grad_norm"]
         if out["measured_toxic"]:
-            self.tox_steps += 1
-            self.ut += out["ut"]
-            self.toxic_prob += out["toxic_prob"]
+            self.ut_sum += out["ut"] * out["tox_tokens"]
+            self.toxic_prob_sum += out["toxic_prob"] * out["tox_tokens"]
             self.tox_tokens += out["tox_tokens"]
+
+    def local(self) -> list[float]:
+        """This rank's sums, to all-reduce (SUM) before :meth:`metrics`."""
+        return [self.mle, self.ut_sum, self.toxic_prob_sum, float(self.tokens)]
+
+    def metrics(self, reduced: list[float], alpha: float) -> dict:
+        """The window's averages from the all-reduced :meth:`local` sums (``None``: no toxic token)."""
+        mle_sum, ut_sum, prob_sum, tokens = reduced
+        mle = mle_sum / max(self.steps, 1)
+        ut = ut_sum / self.tox_tokens if self.tox_tokens else None
+        return {
+            "mle": mle, "ut": ut, "toxic_prob": prob_sum / self.tox_tokens if self.tox_tokens else None,
+            "loss": mle + alpha * (ut or 0.0),
+            "pos_tokens": int(self.pos_tokens), "tox_tokens": int(self.tox_tokens),
+            "supervised_tokens": int(self.pos_tokens + (self.tox_tokens if alpha > 0 else 0)),
+            "tokens": int(tokens), "tokens_per_s": tokens / max(self.seconds, 1e-9),
+            "step_time_s": self.seconds / max(self.steps, 1), "grad_norm": self.grad_norm,
+        }  # fmt: skip
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -518,7 +541,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is None and w.holdout_rows:
         report({"step": 0, "epoch": 0, **w.evaluate()}, save=False)
 
-    window = _Window()
+    window = Window()
     while p.epoch < tcfg.epochs:
         order = epoch_order(n, tcfg.seed, p.epoch)
         mine, consumed = step_rows(order, p.position, w.rows_per_step, w.world, w.rank)
@@ -543,17 +566,7 @@ def train_loop_per_worker(config: dict) -> None:
             p.epoch, p.position = p.epoch + 1, 0
             held = w.evaluate()
         if is_report or is_ckpt or epoch_end:
-            mle, ut, prob, tokens = w.all_reduce([window.mle, window.ut, window.toxic_prob, float(window.tokens)])
-            ts = max(window.tox_steps, 1)
-            metrics = {
-                "step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr,
-                "mle": mle / window.steps, "ut": ut / ts, "toxic_prob": prob / ts,
-                "loss": mle / window.steps + w.alpha * ut / ts,
-                "pos_tokens": int(window.pos_tokens), "tox_tokens": int(window.tox_tokens),
-                "supervised_tokens": int(window.pos_tokens + (window.tox_tokens if w.alpha > 0 else 0)),
-                "tokens": int(tokens), "tokens_per_s": tokens / max(window.seconds, 1e-9),
-                "step_time_s": window.seconds / window.steps, "grad_norm": window.grad_norm,
-                "total_steps": total_steps_hint, **held,
-            }  # fmt: skip
-            report(metrics, save=(is_ckpt or last), final=last)
-            window = _Window()
+            metrics = window.metrics(w.all_reduce(window.local()), w.alpha)
+            head = {"step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr}
+            report({**head, **metrics, "total_steps": total_steps_hint, **held}, save=(is_ckpt or last), final=last)
+            window = Window()

@@ -13,6 +13,7 @@ from ptalign_ray.training.data import encode_pair
 from ptalign_ray.training.trainer import (
     Pair,
     Stepper,
+    Window,
     build_model,
     epoch_order,
     lr_at,
@@ -280,3 +281,48 @@ def test_held_out_metrics_ignore_benign_rows_and_the_number_of_ranks(lora_model,
     runs = _run_ranks(lora_model, 2, 1.0, 2, evaluate(pairs))
     for key in ("holdout_mle", "holdout_ut", "holdout_toxic_prob"):
         assert {round(out[key], 5) for _, out in runs} == {round(alone[key], 5)}, key
+
+
+# ---------------------------------------------------------------- the reporting window
+
+
+def _out(mle, ut, prob, tox_tokens, measured=True):
+    return {"mle": mle, "ut": ut, "toxic_prob": prob, "tox_tokens": tox_tokens, "pos_tokens": 10, "tokens": 50,
+            "grad_norm": 1.0, "measured_toxic": measured}  # fmt: skip
+
+
+def test_window_weights_unlikelihood_by_toxic_tokens_and_skips_benign_steps():
+    w = Window()
+    w.add(_out(2.0, 0.6, 0.4, 10), 1.0)
+    w.add(_out(1.0, 0.0, 0.0, 0), 1.0)  # benign rows only: no toxic token
+    w.add(_out(1.5, 0.0, 0.0, 0, measured=False), 1.0)  # toxic side not measured (MLE-only run)
+    w.add(_out(0.5, 0.1, 0.2, 30), 1.0)
+    m = w.metrics(w.local(), alpha=2.0)
+    assert m["mle"] == pytest.approx(5.0 / 4)
+    assert m["ut"] == pytest.approx((0.6 * 10 + 0.1 * 30) / 40)  # not (0.6 + 0 + 0.1) / 3
+    assert m["toxic_prob"] == pytest.approx((0.4 * 10 + 0.2 * 30) / 40)
+    assert m["loss"] == pytest.approx(m["mle"] + 2.0 * m["ut"])
+    assert m["tox_tokens"] == 40 and m["pos_tokens"] == 40 and m["supervised_tokens"] == 80
+
+
+def test_window_over_two_ranks_equals_one_rank():
+    one = Window()
+    one.add(_out(2.0, 0.6, 0.4, 10), 1.0)
+    one.add(_out(0.5, 0.1, 0.2, 30), 1.0)
+    ranks = [Window(), Window()]  # each rank's contribution is normalised by the step's global counts
+    for w, share in zip(ranks, (0.25, 0.75)):
+        w.add(_out(2.0 * share, 0.6 * share, 0.4 * share, 10), 1.0)
+        w.add(_out(0.5 * share, 0.1 * share, 0.2 * share, 30), 1.0)
+    reduced = [a + b for a, b in zip(*(w.local() for w in ranks))]
+    expected = one.metrics(one.local(), 1.0)
+    for w in ranks:
+        got = w.metrics(reduced, 1.0)
+        for key in ("mle", "ut", "toxic_prob", "loss"):
+            assert got[key] == pytest.approx(expected[key]), key
+
+
+def test_window_without_toxic_tokens_reports_none():
+    w = Window()
+    w.add(_out(1.0, 0.0, 0.0, 0), 1.0)
+    m = w.metrics(w.local(), alpha=1.0)
+    assert m["ut"] is None and m["toxic_prob"] is None and m["loss"] == m["mle"] == 1.0
