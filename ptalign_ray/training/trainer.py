@@ -19,8 +19,11 @@ any split of the batch.
 Checkpoints (every ``checkpoint_every_steps`` and at the end) hold the trainable weights and the
 optimizer gathered to rank 0 through ``torch.distributed.checkpoint.state_dict`` (complete under DDP,
 FSDP or a single worker), the step, epoch, data position, samples seen (which drives the learning-rate
-schedule), the metrics history, and one RNG file per rank. On restart ``ray.train.get_checkpoint()``
-returns the latest one and training continues at the next step.
+schedule), the metrics history, and one RNG file per rank (tensors and lists: everything is loaded
+with ``weights_only=True``). On restart ``ray.train.get_checkpoint()`` returns the latest one and
+training continues at the next step. Every trainable tensor must be in it (no silent fresh adapter);
+if any rank cannot read it, all ranks fall back to the newest older checkpoint Ray Train kept
+(``ray.train.get_all_reported_checkpoints()``), and if none loads the error names the folders.
 """
 
 from __future__ import annotations
@@ -358,6 +361,7 @@ class Worker(Stepper):
         self.progress = Progress()
         self.rows_per_step = self.world * tcfg.batch_size * tcfg.grad_accum_steps
         self.total_samples = tcfg.epochs * len(self.train_rows)
+        self.taken_names: set[str] = set()  # checkpoint folder names in use (after a fallback, see restore)
 
     # --- checkpoints
 
@@ -390,32 +394,140 @@ class Worker(Stepper):
                 inner.save_pretrained(directory / FULL_MODEL_DIR, state_dict=full, safe_serialization=True)
 
     def restore(self, checkpoint) -> None:
+        """Continues from ``checkpoint`` (Ray Train's latest) or, if it cannot be read on every rank,
+        from the newest older checkpoint Ray Train kept; raises :class:`CheckpointError` if none loads."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
             set_optimizer_state_dict,
         )
 
-        with checkpoint.as_directory() as d:
-            d = Path(d)
-            state = json.loads((d / STATE_FILE).read_text())
-            trainable = torch.load(d / TRAINABLE_FILE, map_location="cpu")
-            optim = torch.load(d / OPTIMIZER_FILE, map_location="cpu")
-            rng_file = d / f"rng_rank{self.rank}.pt"
-            rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
-        opts = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(self.model, trainable, options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True))
-        self.progress = Progress(**state)
+        def read(ckpt) -> dict:
+            with ckpt.as_directory() as d:
+                return read_checkpoint(Path(d), self.rank, self.trainable, _folder(ckpt))
+
+        def all_ok(ok: bool) -> bool:  # every rank must take the same checkpoint
+            return self.all_reduce([0.0 if ok else 1.0])[0] == 0
+
+        skipped, ckpt, loaded = load_first_good(_newest_first(checkpoint), read, all_ok)
+        folder = _folder(ckpt)
+        if skipped:
+            self.taken_names = {Path(c.path).name for c in _kept_checkpoints()}  # see checkpoint_name
+            if self.rank == 0:
+                print("[training] WARNING: " + "\n".join(skipped) + f"\n[training] resuming from {folder}", flush=True)
+        try:
+            # Not strict: the frozen base weights are not in the checkpoint (and a missing key would be
+            # filled with the model's current value anyway): read_checkpoint checked the trainable keys.
+            keys = set_model_state_dict(
+                self.model, loaded["trainable"], options=StateDictOptions(full_state_dict=True, strict=False)
+            )
+            if keys.unexpected_keys:
+                raise CheckpointError(f"checkpoint {folder}: the model has no {sorted(keys.unexpected_keys)[:3]}")
+            set_optimizer_state_dict(
+                self.model, self.optimizer, loaded["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"could not load checkpoint {folder} into the model: {err}") from err
+        self.progress = loaded["progress"]
         self.progress.resumed_from_step = self.progress.step
-        if rng is not None:
-            _set_rng_state(rng)
+        if loaded["rng"] is not None:
+            _set_rng_state(loaded["rng"])
         else:  # a rank that did not exist in the saved layout
             torch.manual_seed(self.tcfg.seed + 7919 * self.rank + self.progress.step)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names its folder."""
+
+
+def read_checkpoint(d: Path, rank: int, trainable: set[str], folder: str = "") -> dict:
+    """Reads and checks everything this rank needs from a checkpoint folder, changing nothing.
+
+    Only tensors and plain containers are unpickled (``weights_only=True``): the folder is on shared
+    storage. Every trainable tensor of the model must be there and nothing else, so a checkpoint of
+    another model or adapter layout fails here instead of resuming with a fresh adapter.
+    """
+    folder = folder or str(d)
+    try:
+        progress = Progress(**json.loads((d / STATE_FILE).read_text()))
+        weights = torch.load(d / TRAINABLE_FILE, map_location="cpu", weights_only=True)
+        optimizer = torch.load(d / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        rng_file = d / f"rng_rank{rank}.pt"
+        rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+    except Exception as err:  # truncated, missing or not ours: the message says which file
+        raise CheckpointError(f"checkpoint {folder} is unreadable: {type(err).__name__}: {err}") from err
+    missing, unexpected = trainable - set(weights), set(weights) - trainable
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {folder} does not match the model's trainable weights: {len(missing)} missing "
+            f"(e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]})"
+        )
+    return {"progress": progress, "trainable": weights, "optimizer": optimizer, "rng": rng}
+
+
+def load_first_good(checkpoints, read, all_ok) -> tuple[list[str], Any, dict]:
+    """The first of ``checkpoints`` (newest first) that every rank reads: (why newer ones were skipped, it,
+    its contents).
+
+    ``read(ckpt)`` raises on a bad checkpoint; ``all_ok(ok)`` is True when every rank read its files
+    (a collective). Raises :class:`CheckpointError` naming every folder tried and how to start over.
+    """
+    errors, runs = [], set()
+    for ckpt in checkpoints:
+        try:
+            loaded, err = read(ckpt), None
+        except Exception as e:
+            loaded, err = None, e
+        if all_ok(err is None):
+            return errors, ckpt, loaded
+        if err is None:
+            err = f"checkpoint {_folder(ckpt)} is unreadable on another worker"
+        elif not isinstance(err, CheckpointError):  # e.g. the folder is gone
+            err = f"checkpoint {_folder(ckpt)}: {type(err).__name__}: {err}"
+        errors.append(str(err))
+        runs.add(str(Path(_folder(ckpt)).parent))
+    raise CheckpointError(
+        "cannot resume training: no checkpoint that Ray Train kept can be read on every worker:\n"
+        + "\n".join(f"  {e}" for e in errors)
+        + "\nTo train this stage again from the start, delete the Ray Train run folder "
+        + " ".join(sorted(runs))
+        + " (or run the stage with --force)."
+    )
+
+
+def _folder(ckpt) -> str:
+    return str(getattr(ckpt, "path", ckpt))
+
+
+def _kept_checkpoints() -> list:
+    """The checkpoints Ray Train keeps (``CheckpointConfig.num_to_keep``), oldest first."""
+    import ray.train
+
+    return [r.checkpoint for r in ray.train.get_all_reported_checkpoints(timeout_s=60)]
+
+
+def _newest_first(checkpoint):
+    """Ray Train's latest checkpoint, then (listed only if it fails) the older ones Ray Train kept."""
+    yield checkpoint
+    yield from (c for c in reversed(_kept_checkpoints()) if c.path != checkpoint.path)
+
+
+def checkpoint_name(step: int, resumed_from: int, final: bool, taken: set[str] = frozenset()) -> str:
+    """The checkpoint's folder name; suffixed when a kept folder has it already (after a fallback the
+    run repeats steps, and Ray Train deleting the old entry would delete the new folder too)."""
+    base = f"final_step_{step:07d}" if final else f"step_{step:07d}_from_{resumed_from:07d}"
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """RNG states as tensors and plain lists, so they load with ``torch.load(weights_only=True)``."""
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -423,7 +535,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -533,7 +646,7 @@ def train_loop_per_worker(config: dict) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="ptalign-ckpt-"))
         try:
             w.save(tmp, final)
-            name = f"final_step_{p.step:07d}" if final else f"step_{p.step:07d}_from_{p.resumed_from_step:07d}"
+            name = checkpoint_name(p.step, p.resumed_from_step, final, w.taken_names)
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
