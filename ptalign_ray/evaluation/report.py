@@ -39,6 +39,11 @@ JUDGE_LABELS = {"refusal_string": "refusal strings (GCG / JailbreakBench)", "cla
 # -- formatting -----------------------------------------------------------------------------------
 
 
+def _num(value) -> float:
+    """A metric that may be absent or None (a training window without toxic tokens) as a float."""
+    return float("nan") if value is None else value
+
+
 def _fmt(metric: str, stats: dict) -> str:
     if not stats or stats.get("value") is None:
         return "-"
@@ -358,8 +363,8 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
         f, last = summ.get("first", {}), summ.get("final", {})
         if f and last:
             B.append({"type": "p", "text": f"{LABELS.get(variant, variant)} (alpha {t.get('alpha')}, {t.get('steps')} steps): "
-                      f"L_MLE {f.get('mle', float('nan')):.3f} -> {last.get('mle', float('nan')):.3f}, toxic-token probability "
-                      f"{f.get('toxic_prob', float('nan')):.3f} -> {last.get('toxic_prob', float('nan')):.3f}."})  # fmt: skip
+                      f"L_MLE {_num(f.get('mle')):.3f} -> {_num(last.get('mle')):.3f}, toxic-token probability "
+                      f"{_num(f.get('toxic_prob')):.3f} -> {_num(last.get('toxic_prob')):.3f}."})  # fmt: skip
     if "refinement" in images:
         B.append({"type": "img", "src": images["refinement"], "alt": "refinement pass rates"})
     ref_info = results.get("refinement")

@@ -3,7 +3,10 @@
 Data. Every worker receives the whole pre-tokenised dataset (it is small: one row per question) and
 takes its own rows by index: each epoch has a seeded permutation of the rows, a step consumes the next
 ``world_size * batch_size * grad_accum_steps`` of them, and rank r takes every world_size-th row of
-that slice. Ray Data's streaming split hands blocks to whichever worker asks first, so a data position
+that slice. Every row is trained exactly once per epoch: the last step of an epoch may be short, and
+then a rank with fewer rows (or none) makes up the missing micro-batches with an empty dummy row
+(zero loss, zero gradient), so every rank runs the same forward / backward passes and collectives.
+Ray Data's streaming split hands blocks to whichever worker asks first, so a data position
 could not be replayed exactly; index sharding makes the position a single number (rows consumed in the
 epoch) that stays valid when the number of workers changes (elastic training, a restart on another
 layout).
@@ -16,8 +19,11 @@ any split of the batch.
 Checkpoints (every ``checkpoint_every_steps`` and at the end) hold the trainable weights and the
 optimizer gathered to rank 0 through ``torch.distributed.checkpoint.state_dict`` (complete under DDP,
 FSDP or a single worker), the step, epoch, data position, samples seen (which drives the learning-rate
-schedule), the metrics history, and one RNG file per rank. On restart ``ray.train.get_checkpoint()``
-returns the latest one and training continues at the next step.
+schedule), the metrics history, and one RNG file per rank (tensors and lists: everything is loaded
+with ``weights_only=True``). On restart ``ray.train.get_checkpoint()`` returns the latest one and
+training continues at the next step. Every trainable tensor must be in it (no silent fresh adapter);
+if any rank cannot read it, all ranks fall back to the newest older checkpoint Ray Train kept
+(``ray.train.get_all_reported_checkpoints()``), and if none loads the error names the folders.
 """
 
 from __future__ import annotations
@@ -94,19 +100,31 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def step_rows(order: list[int], position: int, rows_per_step: int, world: int, rank: int) -> tuple[list[int], int]:
-    """This rank's row indices for the step starting at ``position``, and the rows consumed.
+    """This rank's row indices for the step starting at ``position``, and the rows consumed (all ranks).
 
-    The last step of an epoch may be short; it is padded (wrapping to the start of the order) to a
-    multiple of the world size so every rank gets the same number of rows and runs the same number of
-    forward / backward passes.
+    No padding: a short last step gives some ranks fewer rows, or none (see :func:`micro_batches`).
     """
     take = order[position : position + rows_per_step]
-    consumed = len(take)
-    if consumed == 0:
+    if not take:
         raise ValueError(f"no rows left at position {position} of {len(order)}")
-    short = (-len(take)) % world
-    take = take + [order[i % len(order)] for i in range(short)]
-    return take[rank::world], consumed
+    return take[rank::world], len(take)
+
+
+def micro_batches(consumed: int, world: int, batch_size: int) -> int:
+    """Micro-batches every rank runs in a step of ``consumed`` rows: the largest rank share, batched.
+
+    The same number on every rank keeps DDP / FSDP collectives matched when the shares differ.
+    """
+    return math.ceil(math.ceil(consumed / world) / batch_size)
+
+
+def step_lr(samples_seen: int, consumed: int, total: int, base_lr: float, warmup_ratio: float) -> float:
+    """The learning rate of a step: the schedule at the middle of the samples this step trains on.
+
+    Known before the step (progress so far plus half of its rows), and strictly inside (0, 1): the
+    first step is already warming up and the last one still learns (at 0 or 1 the schedule is 0).
+    """
+    return lr_at((samples_seen + consumed / 2) / max(total, 1), base_lr, warmup_ratio)
 
 
 def steps_per_epoch(n_rows: int, rows_per_step: int) -> int:
@@ -243,10 +261,26 @@ class Stepper:
         pos_logp, pos_mask, pos_tokens = self._logprobs([r.pos_ids for r in rows], [r.pos_mask for r in rows])
         return dual_loss(pos_logp, pos_mask, tox_logp, tox_mask, alpha, n_pos, n_tox), tokens + pos_tokens
 
-    def train_step(self, rows: list[Pair], measure_toxic: bool) -> dict:
-        """One optimizer step over this rank's rows (split into micro-batches)."""
+    def dummy(self) -> Pair:
+        """An empty row (two pad tokens, nothing supervised): a forward that adds zero loss and gradient."""
+        return Pair("", [self.pad_id] * 2, [0, 0], [self.pad_id] * 2, [0, 0])
+
+    def split_micro(self, rows: list[Pair], n_micro: int) -> list[list[Pair]]:
+        """``rows`` in batches of ``batch_size``, made up to ``n_micro`` with dummy micro-batches."""
         b = self.tcfg.batch_size
         micro = [rows[i : i + b] for i in range(0, len(rows), b)]
+        if len(micro) > n_micro:
+            raise ValueError(f"{len(rows)} rows need {len(micro)} micro-batches of {b}, more than {n_micro}")
+        return micro + [[self.dummy()]] * (n_micro - len(micro))
+
+    def train_step(self, rows: list[Pair], measure_toxic: bool, n_micro: int | None = None) -> dict:
+        """One optimizer step over this rank's rows in ``n_micro`` micro-batches (the same on every rank).
+
+        ``n_micro`` defaults to what ``rows`` need (a single worker); a rank with fewer rows than the
+        others, or none, runs dummy micro-batches so every rank does the same passes and all-reduces.
+        """
+        real = math.ceil(len(rows) / self.tcfg.batch_size)  # the micro-batches that hold rows
+        micro = self.split_micro(rows, real if n_micro is None else n_micro)
         with_toxic = self.alpha > 0 or measure_toxic
         n_pos, n_tox = self.all_reduce(
             [sum(sum(r.pos_mask) for r in rows), sum(sum(r.tox_mask) for r in rows) if with_toxic else 0]
@@ -262,7 +296,7 @@ class Stepper:
             sums["mle"] += float(out.mle)
             sums["ut"] += float(out.ut)
             sums["toxic_prob"] += float(out.toxic_prob_mean)
-            sums["tokens"] += tokens
+            sums["tokens"] += tokens if i < real else 0  # a dummy's pad tokens are not throughput
         if hasattr(self.model, "clip_grad_norm_"):  # FSDP
             grad_norm = self.model.clip_grad_norm_(self.tcfg.max_grad_norm)
         else:
@@ -284,14 +318,8 @@ class Stepper:
         rows = self.holdout_rows
         if not rows:
             return {}
-        b = self.tcfg.batch_size
         mine = rows[self.rank :: self.world]
-        n_batches = math.ceil(math.ceil(len(rows) / self.world) / b)
-        micro = [mine[i : i + b] for i in range(0, len(mine), b)]
-        dummy = Pair(
-            rows[0].id, rows[0].pos_ids, [0] * len(rows[0].pos_mask), rows[0].tox_ids, [0] * len(rows[0].tox_mask)
-        )
-        micro += [[dummy]] * (n_batches - len(micro))  # same number of forwards on every rank
+        micro = self.split_micro(mine, micro_batches(len(rows), self.world, self.tcfg.batch_size))
         n_pos, n_tox = self.all_reduce([sum(sum(r.pos_mask) for r in mine), sum(sum(r.tox_mask) for r in mine)])
         self.model.eval()
         sums = [0.0, 0.0, 0.0]
@@ -333,6 +361,7 @@ class Worker(Stepper):
         self.progress = Progress()
         self.rows_per_step = self.world * tcfg.batch_size * tcfg.grad_accum_steps
         self.total_samples = tcfg.epochs * len(self.train_rows)
+        self.taken_names: set[str] = set()  # checkpoint folder names in use (after a fallback, see restore)
 
     # --- checkpoints
 
@@ -365,32 +394,140 @@ class Worker(Stepper):
                 inner.save_pretrained(directory / FULL_MODEL_DIR, state_dict=full, safe_serialization=True)
 
     def restore(self, checkpoint) -> None:
+        """Continues from ``checkpoint`` (Ray Train's latest) or, if it cannot be read on every rank,
+        from the newest older checkpoint Ray Train kept; raises :class:`CheckpointError` if none loads."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
             set_optimizer_state_dict,
         )
 
-        with checkpoint.as_directory() as d:
-            d = Path(d)
-            state = json.loads((d / STATE_FILE).read_text())
-            trainable = torch.load(d / TRAINABLE_FILE, map_location="cpu")
-            optim = torch.load(d / OPTIMIZER_FILE, map_location="cpu")
-            rng_file = d / f"rng_rank{self.rank}.pt"
-            rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
-        opts = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(self.model, trainable, options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True))
-        self.progress = Progress(**state)
+        def read(ckpt) -> dict:
+            with ckpt.as_directory() as d:
+                return read_checkpoint(Path(d), self.rank, self.trainable, _folder(ckpt))
+
+        def all_ok(ok: bool) -> bool:  # every rank must take the same checkpoint
+            return self.all_reduce([0.0 if ok else 1.0])[0] == 0
+
+        skipped, ckpt, loaded = load_first_good(_newest_first(checkpoint), read, all_ok)
+        folder = _folder(ckpt)
+        if skipped:
+            self.taken_names = {Path(c.path).name for c in _kept_checkpoints()}  # see checkpoint_name
+            if self.rank == 0:
+                print("[training] WARNING: " + "\n".join(skipped) + f"\n[training] resuming from {folder}", flush=True)
+        try:
+            # Not strict: the frozen base weights are not in the checkpoint (and a missing key would be
+            # filled with the model's current value anyway): read_checkpoint checked the trainable keys.
+            keys = set_model_state_dict(
+                self.model, loaded["trainable"], options=StateDictOptions(full_state_dict=True, strict=False)
+            )
+            if keys.unexpected_keys:
+                raise CheckpointError(f"checkpoint {folder}: the model has no {sorted(keys.unexpected_keys)[:3]}")
+            set_optimizer_state_dict(
+                self.model, self.optimizer, loaded["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"could not load checkpoint {folder} into the model: {err}") from err
+        self.progress = loaded["progress"]
         self.progress.resumed_from_step = self.progress.step
-        if rng is not None:
-            _set_rng_state(rng)
+        if loaded["rng"] is not None:
+            _set_rng_state(loaded["rng"])
         else:  # a rank that did not exist in the saved layout
             torch.manual_seed(self.tcfg.seed + 7919 * self.rank + self.progress.step)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names its folder."""
+
+
+def read_checkpoint(d: Path, rank: int, trainable: set[str], folder: str = "") -> dict:
+    """Reads and checks everything this rank needs from a checkpoint folder, changing nothing.
+
+    Only tensors and plain containers are unpickled (``weights_only=True``): the folder is on shared
+    storage. Every trainable tensor of the model must be there and nothing else, so a checkpoint of
+    another model or adapter layout fails here instead of resuming with a fresh adapter.
+    """
+    folder = folder or str(d)
+    try:
+        progress = Progress(**json.loads((d / STATE_FILE).read_text()))
+        weights = torch.load(d / TRAINABLE_FILE, map_location="cpu", weights_only=True)
+        optimizer = torch.load(d / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        rng_file = d / f"rng_rank{rank}.pt"
+        rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+    except Exception as err:  # truncated, missing or not ours: the message says which file
+        raise CheckpointError(f"checkpoint {folder} is unreadable: {type(err).__name__}: {err}") from err
+    missing, unexpected = trainable - set(weights), set(weights) - trainable
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {folder} does not match the model's trainable weights: {len(missing)} missing "
+            f"(e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]})"
+        )
+    return {"progress": progress, "trainable": weights, "optimizer": optimizer, "rng": rng}
+
+
+def load_first_good(checkpoints, read, all_ok) -> tuple[list[str], Any, dict]:
+    """The first of ``checkpoints`` (newest first) that every rank reads: (why newer ones were skipped, it,
+    its contents).
+
+    ``read(ckpt)`` raises on a bad checkpoint; ``all_ok(ok)`` is True when every rank read its files
+    (a collective). Raises :class:`CheckpointError` naming every folder tried and how to start over.
+    """
+    errors, runs = [], set()
+    for ckpt in checkpoints:
+        try:
+            loaded, err = read(ckpt), None
+        except Exception as e:
+            loaded, err = None, e
+        if all_ok(err is None):
+            return errors, ckpt, loaded
+        if err is None:
+            err = f"checkpoint {_folder(ckpt)} is unreadable on another worker"
+        elif not isinstance(err, CheckpointError):  # e.g. the folder is gone
+            err = f"checkpoint {_folder(ckpt)}: {type(err).__name__}: {err}"
+        errors.append(str(err))
+        runs.add(str(Path(_folder(ckpt)).parent))
+    raise CheckpointError(
+        "cannot resume training: no checkpoint that Ray Train kept can be read on every worker:\n"
+        + "\n".join(f"  {e}" for e in errors)
+        + "\nTo train this stage again from the start, delete the Ray Train run folder "
+        + " ".join(sorted(runs))
+        + " (or run the stage with --force)."
+    )
+
+
+def _folder(ckpt) -> str:
+    return str(getattr(ckpt, "path", ckpt))
+
+
+def _kept_checkpoints() -> list:
+    """The checkpoints Ray Train keeps (``CheckpointConfig.num_to_keep``), oldest first."""
+    import ray.train
+
+    return [r.checkpoint for r in ray.train.get_all_reported_checkpoints(timeout_s=60)]
+
+
+def _newest_first(checkpoint):
+    """Ray Train's latest checkpoint, then (listed only if it fails) the older ones Ray Train kept."""
+    yield checkpoint
+    yield from (c for c in reversed(_kept_checkpoints()) if c.path != checkpoint.path)
+
+
+def checkpoint_name(step: int, resumed_from: int, final: bool, taken: set[str] = frozenset()) -> str:
+    """The checkpoint's folder name; suffixed when a kept folder has it already (after a fallback the
+    run repeats steps, and Ray Train deleting the old entry would delete the new folder too)."""
+    base = f"final_step_{step:07d}" if final else f"step_{step:07d}_from_{resumed_from:07d}"
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """RNG states as tensors and plain lists, so they load with ``torch.load(weights_only=True)``."""
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -398,7 +535,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -435,14 +573,20 @@ def _maybe_crash(config: dict, step: int, rank: int, world: int) -> None:
     os._exit(1)
 
 
-class _Window:
-    """Metrics accumulated between two reports."""
+class Window:
+    """Metrics accumulated between two reports (per rank; all-reduced when reported).
+
+    L_MLE is the mean over the window's steps. L_UT and the toxic-token probability are weighted by
+    each step's toxic tokens: a step with none (benign rows only, or not measured) adds nothing,
+    instead of a 0 that would pull the averages down.
+    """
 
     def __init__(self) -> None:
-        self.steps = self.tox_steps = 0
-        self.mle = self.ut = self.toxic_prob = 0.0
+        self.steps = 0
+        self.mle = 0.0
+        self.ut_sum = self.toxic_prob_sum = 0.0  # over toxic tokens: per-step value x its toxic tokens
         self.tokens = 0
-        self.pos_tokens = self.tox_tokens = 0.0
+        self.pos_tokens = self.tox_tokens = 0.0  # global counts (already all-reduced per step)
         self.seconds = 0.0
         self.grad_norm = 0.0
 
@@ -454,10 +598,27 @@ class _Window:
         self.seconds += seconds
         self.grad_norm = out["grad_norm"]
         if out["measured_toxic"]:
-            self.tox_steps += 1
-            self.ut += out["ut"]
-            self.toxic_prob += out["toxic_prob"]
+            self.ut_sum += out["ut"] * out["tox_tokens"]
+            self.toxic_prob_sum += out["toxic_prob"] * out["tox_tokens"]
             self.tox_tokens += out["tox_tokens"]
+
+    def local(self) -> list[float]:
+        """This rank's sums, to all-reduce (SUM) before :meth:`metrics`."""
+        return [self.mle, self.ut_sum, self.toxic_prob_sum, float(self.tokens)]
+
+    def metrics(self, reduced: list[float], alpha: float) -> dict:
+        """The window's averages from the all-reduced :meth:`local` sums (``None``: no toxic token)."""
+        mle_sum, ut_sum, prob_sum, tokens = reduced
+        mle = mle_sum / max(self.steps, 1)
+        ut = ut_sum / self.tox_tokens if self.tox_tokens else None
+        return {
+            "mle": mle, "ut": ut, "toxic_prob": prob_sum / self.tox_tokens if self.tox_tokens else None,
+            "loss": mle + alpha * (ut or 0.0),
+            "pos_tokens": int(self.pos_tokens), "tox_tokens": int(self.tox_tokens),
+            "supervised_tokens": int(self.pos_tokens + (self.tox_tokens if alpha > 0 else 0)),
+            "tokens": int(tokens), "tokens_per_s": tokens / max(self.seconds, 1e-9),
+            "step_time_s": self.seconds / max(self.steps, 1), "grad_norm": self.grad_norm,
+        }  # fmt: skip
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -485,7 +646,7 @@ def train_loop_per_worker(config: dict) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="ptalign-ckpt-"))
         try:
             w.save(tmp, final)
-            name = f"final_step_{p.step:07d}" if final else f"step_{p.step:07d}_from_{p.resumed_from_step:07d}"
+            name = checkpoint_name(p.step, p.resumed_from_step, final, w.taken_names)
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -493,12 +654,12 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is None and w.holdout_rows:
         report({"step": 0, "epoch": 0, **w.evaluate()}, save=False)
 
-    window = _Window()
+    window = Window()
     while p.epoch < tcfg.epochs:
         order = epoch_order(n, tcfg.seed, p.epoch)
         mine, consumed = step_rows(order, p.position, w.rows_per_step, w.world, w.rank)
         rows = [w.train_rows[i] for i in mine]
-        lr = lr_at((p.samples_seen + consumed) / max(w.total_samples, 1), tcfg.learning_rate, tcfg.warmup_ratio)
+        lr = step_lr(p.samples_seen, consumed, w.total_samples, tcfg.learning_rate, tcfg.warmup_ratio)
         for group in w.optimizer.param_groups:
             group["lr"] = lr
         step = p.step + 1
@@ -507,7 +668,8 @@ def train_loop_per_worker(config: dict) -> None:
         epoch_end = p.position + consumed >= n
         last = epoch_end and p.epoch + 1 >= tcfg.epochs
         t0 = time.perf_counter()
-        out = w.train_step(rows, measure_toxic=is_report or is_ckpt or epoch_end)
+        n_micro = micro_batches(consumed, w.world, tcfg.batch_size)
+        out = w.train_step(rows, measure_toxic=is_report or is_ckpt or epoch_end, n_micro=n_micro)
         window.add(out, time.perf_counter() - t0)
         p.step, p.samples_seen, p.position = step, p.samples_seen + consumed, p.position + consumed
         _maybe_crash(config, step, w.rank, w.world)
@@ -517,17 +679,7 @@ def train_loop_per_worker(config: dict) -> None:
             p.epoch, p.position = p.epoch + 1, 0
             held = w.evaluate()
         if is_report or is_ckpt or epoch_end:
-            mle, ut, prob, tokens = w.all_reduce([window.mle, window.ut, window.toxic_prob, float(window.tokens)])
-            ts = max(window.tox_steps, 1)
-            metrics = {
-                "step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr,
-                "mle": mle / window.steps, "ut": ut / ts, "toxic_prob": prob / ts,
-                "loss": mle / window.steps + w.alpha * ut / ts,
-                "pos_tokens": int(window.pos_tokens), "tox_tokens": int(window.tox_tokens),
-                "supervised_tokens": int(window.pos_tokens + (window.tox_tokens if w.alpha > 0 else 0)),
-                "tokens": int(tokens), "tokens_per_s": tokens / max(window.seconds, 1e-9),
-                "step_time_s": window.seconds / window.steps, "grad_norm": window.grad_norm,
-                "total_steps": total_steps_hint, **held,
-            }  # fmt: skip
-            report(metrics, save=(is_ckpt or last), final=last)
-            window = _Window()
+            metrics = window.metrics(w.all_reduce(window.local()), w.alpha)
+            head = {"step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr}
+            report({**head, **metrics, "total_steps": total_steps_hint, **held}, save=(is_ckpt or last), final=last)
+            window = Window()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -210,3 +211,23 @@ def test_restarted_stage_after_a_failed_run_resumes_from_its_checkpoint(tmp_path
     assert [h["step"] for h in records] == [0, 2, 4, 5, 6, 8, 10]
     assert [h["resumed_from_step"] for h in records] == [0, 0, 0, 4, 4, 4, 4]
     assert manifest["steps"] == 10 and manifest["samples_seen"] == 2 * 19
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, tiny_model, ray_local, monkeypatch):
+    from ray.train import Result, TrainingFailedError
+
+    cfg = tiny_config(tiny_model, max_failures=0)
+    run = make_run(tmp_path / "run")
+    monkeypatch.setenv(training.FAIL_ENV, f"11:{tmp_path / 'killed'}")  # after the checkpoints at steps 4 and 8
+    with pytest.raises(TrainingFailedError):
+        training.train_stage(cfg, run, str(tiny_model))
+    [newest] = run.work_dir("training").glob("ray_train/*/step_0000008_*")
+    assert Path(Result.from_path(newest.parent).checkpoint.path) == newest  # what get_checkpoint() will return
+    (newest / "optimizer.pt").write_bytes(b"truncated")  # e.g. the disk filled up while it was written
+
+    monkeypatch.delenv(training.FAIL_ENV)
+    manifest = training.train_stage(cfg, run, str(tiny_model))  # every rank falls back to the step-4 checkpoint
+    records = history(run)
+    assert [h["step"] for h in records] == [0, 2, 4, 5, 6, 8, 10, 12, 14, 15]
+    assert [h["resumed_from_step"] for h in records] == [0, 0, 0] + [4] * 7
+    assert manifest["steps"] == 15 and manifest["samples_seen"] == 3 * 19

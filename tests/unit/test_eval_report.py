@@ -252,3 +252,13 @@ def test_report_without_training_or_refinement(tmp_path):
     files = write_report(synthetic_results(with_training=False), tmp_path)
     assert files["plots"] == ["plots/pairwise_differences.png", "plots/rates_by_set.png"]
     assert "No training metrics in this run directory." in (tmp_path / "report.md").read_text()
+
+
+def test_report_with_a_training_window_without_toxic_tokens(tmp_path):
+    """A training report over benign rows only has no L_UT / toxic-token probability (None)."""
+    results = synthetic_results()
+    t = results["training"]["ptalign"]
+    t["history"][0] = {**t["history"][0], "ut": None, "toxic_prob": None}
+    t["summary"] = {"first": t["history"][0], "final": t["history"][9]}
+    write_report(results, tmp_path)
+    assert "toxic-token probability nan ->" in (tmp_path / "report.md").read_text()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import pytest
 import torch
 
@@ -10,10 +13,13 @@ from ptalign_ray.training.data import encode_pair
 from ptalign_ray.training.trainer import (
     Pair,
     Stepper,
+    Window,
     build_model,
     epoch_order,
     lr_at,
+    micro_batches,
     pad_batch,
+    step_lr,
     step_rows,
     steps_per_epoch,
 )
@@ -28,22 +34,37 @@ def test_learning_rate_schedule():
     assert lr_at(0.3, 2.0, 0.0) < 2.0
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_step_rows_cover_each_epoch_once_with_equal_shares(world):
-    n, per_step = 11, world * 2
-    order = epoch_order(n, seed=0, epoch=1)
-    assert sorted(order) == list(range(n)) and order == epoch_order(n, 0, 1) and order != epoch_order(n, 0, 2)
-    seen, position, steps = [], 0, 0
-    while position < n:
-        shares = [step_rows(order, position, per_step, world, r) for r in range(world)]
-        assert len({len(s[0]) for s in shares}) == 1  # same rows per rank -> same number of passes
-        consumed = shares[0][1]
-        unique = {i for s in shares for i in s[0]}
-        assert set(order[position : position + consumed]) <= unique
-        seen.extend(order[position : position + consumed])
-        position += consumed
-        steps += 1
-    assert sorted(seen) == list(range(n)) and steps == steps_per_epoch(n, per_step)
+def _epoch_steps(n: int, world: int, batch: int, accum: int = 1, epochs: int = 1):
+    """Yields (epoch, consumed, per-rank row indices) for every step, as the training loop takes them."""
+    per_step = world * batch * accum
+    for epoch in range(epochs):
+        order, position = epoch_order(n, seed=0, epoch=epoch), 0
+        while position < n:
+            shares = [step_rows(order, position, per_step, world, r) for r in range(world)]
+            consumed = shares[0][1]
+            assert {s[1] for s in shares} == {consumed}  # every rank agrees on the rows consumed
+            yield epoch, consumed, [s[0] for s in shares]
+            position += consumed
+
+
+@pytest.mark.parametrize(
+    "n, world, batch, accum",
+    [(19, 2, 2, 1), (1, 2, 2, 1), (1, 1, 1, 1), (3, 4, 1, 1), (2, 3, 2, 1), (11, 3, 2, 2), (20, 4, 2, 1), (7, 2, 3, 2)],
+)
+def test_every_row_is_trained_exactly_once_per_epoch(n, world, batch, accum):
+    per_epoch: dict[int, list[int]] = {0: [], 1: []}
+    steps = {0: 0, 1: 0}
+    for epoch, consumed, shares in _epoch_steps(n, world, batch, accum, epochs=2):
+        n_micro = micro_batches(consumed, world, batch)
+        assert 1 <= n_micro <= accum
+        for share in shares:  # every rank's rows fit the micro-batches every rank runs
+            assert len(share) <= n_micro * batch
+        assert sum(len(s) for s in shares) == consumed
+        per_epoch[epoch].extend(i for s in shares for i in s)
+        steps[epoch] += 1
+    for epoch in (0, 1):
+        assert sorted(per_epoch[epoch]) == list(range(n))  # each row once: no padding, no gaps
+        assert steps[epoch] == steps_per_epoch(n, world * batch * accum)
 
 
 def test_resume_position_is_valid_for_another_world_size():
@@ -55,7 +76,21 @@ def test_resume_position_is_valid_for_another_world_size():
         parts = [step_rows(order, position, 4 * 2, 4, r) for r in range(4)]
         rest.extend(i for p in parts for i in p[0])
         position += parts[0][1]
-    assert set(rest) == set(order[8:])
+    assert sorted(rest) == sorted(order[8:])
+
+
+@pytest.mark.parametrize("n, world, batch, epochs, warmup", [(19, 2, 2, 3, 0.1), (19, 2, 2, 3, 0.0), (5, 1, 8, 1, 0.5)])
+def test_first_and_last_steps_have_a_positive_learning_rate(n, world, batch, epochs, warmup):
+    base, seen, lrs = 1e-3, 0, []
+    for _, consumed, _ in _epoch_steps(n, world, batch, epochs=epochs):
+        lrs.append((seen + consumed / 2, step_lr(seen, consumed, n * epochs, base, warmup)))
+        seen += consumed
+    assert seen == n * epochs
+    values = [lr for _, lr in lrs]
+    assert values[0] > 0 and values[-1] > 0 and max(values) <= base
+    warm = [lr for mid, lr in lrs if mid < warmup * n * epochs]
+    decay = [lr for mid, lr in lrs if mid >= warmup * n * epochs]
+    assert warm == sorted(warm) and decay == sorted(decay, reverse=True)  # up during warm-up, then down
 
 
 def test_pad_batch():
@@ -132,3 +167,162 @@ def test_mle_only_step_matches_the_plain_transformers_loss(lora_model, tiny_toke
         hf = lora_model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(~mask, -100)).loss
     assert out["mle"] == pytest.approx(float(hf), rel=1e-5)
     assert out["measured_toxic"] is False and out["tox_tokens"] == 0
+
+
+# ---------------------------------------------------------------- simulated ranks (no torch.distributed)
+
+
+class _Group:
+    """A SUM all-reduce across threads that stand in for the ranks of one step."""
+
+    def __init__(self, world: int):
+        self.barrier, self.slots = threading.Barrier(world, timeout=120), [None] * world
+
+    def all_reduce(self, rank: int, values: list[float]) -> list[float]:
+        self.slots[rank] = list(values)
+        self.barrier.wait()
+        total = [sum(v) for v in zip(*self.slots)]
+        self.barrier.wait()  # nobody writes the next call's values before everyone has summed
+        return total
+
+
+class _Rank(Stepper):
+    """The real Stepper with the process group replaced by :class:`_Group`; counts passes and collectives."""
+
+    def __init__(self, group: _Group, **kwargs):
+        super().__init__(**kwargs)
+        self.group, self.forwards, self.reduces = group, 0, 0
+
+    def all_reduce(self, values):
+        self.reduces += 1
+        return self.group.all_reduce(self.rank, values) if self.world > 1 else list(values)
+
+    def _micro(self, *args, **kwargs):
+        self.forwards += 1
+        return super()._micro(*args, **kwargs)
+
+
+def _run_ranks(model, world: int, alpha: float, batch: int, job) -> list[tuple[_Rank, object]]:
+    """Runs ``job(stepper)`` on ``world`` ranks at once (threads, each on its own copy of the model)."""
+    tcfg = TrainingConfig(batch_size=batch, bf16=False, max_grad_norm=1e9, lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    group = _Group(world)
+    ranks = []
+    for r in range(world):
+        m = copy.deepcopy(model)
+        s = _Rank(group, model=m, tcfg=tcfg, alpha=alpha, pad_id=0, device=torch.device("cpu"), rank=r, world=world)
+        s.optimizer = _CaptureGrads(p for p in m.parameters() if p.requires_grad)
+        ranks.append(s)
+    results: list = [None] * world
+    errors: list = []
+
+    def run(r):
+        try:
+            results[r] = job(ranks[r])
+        except BaseException as e:  # surfaced below; a broken barrier frees the other ranks
+            errors.append(e)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return list(zip(ranks, results))
+
+
+@pytest.mark.parametrize("n, world, batch, alpha", [(5, 2, 2, 1.0), (5, 2, 2, 0.0), (1, 2, 2, 1.0), (3, 4, 1, 1.0)])
+def test_two_ranks_give_the_one_rank_step(lora_model, tiny_tokenizer, n, world, batch, alpha):
+    """The same rows on 1 rank and on ``world`` ranks (shares as the loop takes them, some ranks short
+    or empty): the same summed metrics, and the gradient DDP would average equals the 1-rank gradient."""
+    pairs = _pairs(tiny_tokenizer, n)
+    order = list(range(n))
+    n_micro = micro_batches(n, world, batch)  # one step over all n rows (with accumulation if needed)
+
+    def job(s):
+        mine, _ = step_rows(order, 0, n, world, s.rank)
+        return s.train_step([pairs[i] for i in mine], measure_toxic=True, n_micro=n_micro)
+
+    [(one, out_one)] = _run_ranks(lora_model, 1, alpha, world * batch, lambda s: s.train_step(pairs, True))
+    runs = _run_ranks(lora_model, world, alpha, batch, job)
+    assert {s.forwards for s, _ in runs} == {n_micro} and {s.reduces for s, _ in runs} == {1}
+    for key in ("mle", "ut", "toxic_prob", "tokens"):
+        assert sum(out[key] for _, out in runs) == pytest.approx(out_one[key], rel=1e-5), key
+    for key in ("pos_tokens", "tox_tokens"):
+        assert {out[key] for _, out in runs} == {out_one[key]}, key
+    ddp = [torch.stack(gs).mean(0) for gs in zip(*(s.optimizer.grads for s, _ in runs))]  # DDP averages
+    for a, b in zip(one.optimizer.grads, ddp):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    for s, _ in runs:
+        if not step_rows(order, 0, n, world, s.rank)[0]:  # a rank without rows adds nothing
+            assert all(g.abs().sum() == 0 for g in s.optimizer.grads)
+
+
+def _benign(pair: Pair) -> Pair:
+    """An MLE-only row like the trainer gets for a benign answer: its toxic side supervises nothing."""
+    return Pair(pair.id + "b", pair.pos_ids, pair.pos_mask, pair.tox_ids, [0] * len(pair.tox_mask))
+
+
+def test_held_out_metrics_ignore_benign_rows_and_the_number_of_ranks(lora_model, tiny_tokenizer):
+    pairs = _pairs(tiny_tokenizer, 3)
+
+    def evaluate(rows):
+        def job(s):
+            s.holdout_rows = rows
+            return s.evaluate()
+
+        return job
+
+    [(_, alone)] = _run_ranks(lora_model, 1, 1.0, 2, evaluate(pairs))
+    [(_, mixed)] = _run_ranks(lora_model, 1, 1.0, 2, evaluate(pairs + [_benign(p) for p in pairs]))
+    for key in ("holdout_ut", "holdout_toxic_prob"):  # normalised by toxic tokens: benign rows add none
+        assert mixed[key] == pytest.approx(alone[key], rel=1e-5), key
+    runs = _run_ranks(lora_model, 2, 1.0, 2, evaluate(pairs))
+    for key in ("holdout_mle", "holdout_ut", "holdout_toxic_prob"):
+        assert {round(out[key], 5) for _, out in runs} == {round(alone[key], 5)}, key
+
+
+# ---------------------------------------------------------------- the reporting window
+
+
+def _out(mle, ut, prob, tox_tokens, measured=True):
+    return {"mle": mle, "ut": ut, "toxic_prob": prob, "tox_tokens": tox_tokens, "pos_tokens": 10, "tokens": 50,
+            "grad_norm": 1.0, "measured_toxic": measured}  # fmt: skip
+
+
+def test_window_weights_unlikelihood_by_toxic_tokens_and_skips_benign_steps():
+    w = Window()
+    w.add(_out(2.0, 0.6, 0.4, 10), 1.0)
+    w.add(_out(1.0, 0.0, 0.0, 0), 1.0)  # benign rows only: no toxic token
+    w.add(_out(1.5, 0.0, 0.0, 0, measured=False), 1.0)  # toxic side not measured (MLE-only run)
+    w.add(_out(0.5, 0.1, 0.2, 30), 1.0)
+    m = w.metrics(w.local(), alpha=2.0)
+    assert m["mle"] == pytest.approx(5.0 / 4)
+    assert m["ut"] == pytest.approx((0.6 * 10 + 0.1 * 30) / 40)  # not (0.6 + 0 + 0.1) / 3
+    assert m["toxic_prob"] == pytest.approx((0.4 * 10 + 0.2 * 30) / 40)
+    assert m["loss"] == pytest.approx(m["mle"] + 2.0 * m["ut"])
+    assert m["tox_tokens"] == 40 and m["pos_tokens"] == 40 and m["supervised_tokens"] == 80
+
+
+def test_window_over_two_ranks_equals_one_rank():
+    one = Window()
+    one.add(_out(2.0, 0.6, 0.4, 10), 1.0)
+    one.add(_out(0.5, 0.1, 0.2, 30), 1.0)
+    ranks = [Window(), Window()]  # each rank's contribution is normalised by the step's global counts
+    for w, share in zip(ranks, (0.25, 0.75)):
+        w.add(_out(2.0 * share, 0.6 * share, 0.4 * share, 10), 1.0)
+        w.add(_out(0.5 * share, 0.1 * share, 0.2 * share, 30), 1.0)
+    reduced = [a + b for a, b in zip(*(w.local() for w in ranks))]
+    expected = one.metrics(one.local(), 1.0)
+    for w in ranks:
+        got = w.metrics(reduced, 1.0)
+        for key in ("mle", "ut", "toxic_prob", "loss"):
+            assert got[key] == pytest.approx(expected[key]), key
+
+
+def test_window_without_toxic_tokens_reports_none():
+    w = Window()
+    w.add(_out(1.0, 0.0, 0.0, 0), 1.0)
+    m = w.metrics(w.local(), alpha=1.0)
+    assert m["ut"] is None and m["toxic_prob"] is None and m["loss"] == m["mle"] == 1.0
