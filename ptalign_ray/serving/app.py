@@ -344,9 +344,11 @@ def serve_forever(
     def _terminate(signum, frame):  # SIGTERM (docker stop, systemd) ends like Ctrl-C
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         init_ray(cfg.ray, quiet=True)
+        # after ray.init, which installs its own SIGTERM handler (a stack dump, no clean shutdown)
+        signal.signal(signal.SIGTERM, _terminate)
         url, plan = start_serving(cfg, run_dir, mode=mode, log=log)
         auth = "bearer token required" if (cfg.serving.api_key_env or cfg.serving.api_key_file) else "no auth"
         log(f"[serve] models ({plan.mode}): {', '.join(sorted(plan.routes))}; default {plan.default_model}; {auth}")
