@@ -189,6 +189,9 @@ class SynthesisConfig(_Section):
     )
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 class JudgeConfig(_Section):
     """The safety judge served on Ray Serve (used by refinement and `ptalign serve`)."""
 
@@ -205,6 +208,15 @@ class JudgeConfig(_Section):
     engine: Optional[EngineConfig] = Field(
         None, description="vLLM engine settings of an 'llm' judge; None = the pipeline's `engine` section."
     )
+
+    @model_validator(mode="after")
+    def _loopback_unless_chosen(self) -> "JudgeConfig":
+        if self.host not in _LOOPBACK_HOSTS and not self.allow_unauthenticated_remote:
+            raise ValueError(
+                f"host {self.host!r} listens beyond loopback and the judge has no API key: keep 127.0.0.1, or set "
+                "judge.allow_unauthenticated_remote: true behind your own firewall / auth proxy"
+            )
+        return self
 
     @field_validator("backend")
     @classmethod
@@ -223,6 +235,11 @@ class JudgeConfig(_Section):
         "serves it under serving.host instead).",
     )
     port: int = Field(8001, ge=1, le=65535, description="HTTP port of the judge when refinement starts it.")
+    allow_unauthenticated_remote: bool = Field(
+        False,
+        description="The standalone judge has no API key: a judge.host beyond loopback must be chosen explicitly "
+        "with this flag (keep it behind your firewall or proxy).",
+    )
     max_items: PositiveInt = Field(
         256,
         description="Most items per /v1/judge request: the client splits larger batches, the server rejects more "
@@ -366,7 +383,6 @@ class TrainingConfig(_Section):
 
 
 ServedModel = Literal["base", "ptalign", "mle_only"]
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ServingConfig(_Section):

@@ -108,3 +108,9 @@ def test_config_fields_show_the_defaults_a_section_holds():
     assert defaults["evaluation.sampling.max_tokens"] == 64
     assert defaults["judge.engine"] is None and defaults["judge.engine.device"] == "cpu"
     assert defaults["evaluation.user_prompt_files[].path"] is REQUIRED
+
+
+def test_judge_beyond_loopback_is_an_explicit_choice():
+    with pytest.raises(ConfigError, match="judge.allow_unauthenticated_remote"):
+        parse_config({"judge": {"host": "0.0.0.0"}})
+    assert parse_config({"judge": {"host": "0.0.0.0", "allow_unauthenticated_remote": True}}).judge.host == "0.0.0.0"

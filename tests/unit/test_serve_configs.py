@@ -21,6 +21,9 @@ def test_serve_config_is_valid(path):
         module, attr = app["import_path"].split(":")
         assert callable(getattr(importlib.import_module(module), attr))
         if "judging" in module:
-            JudgeConfig.model_validate(app.get("args", {}))
+            args = app.get("args", {})
+            JudgeConfig.model_validate(args)
+            # the real bind is http_options.host: the judge's args must say so (and so face the loopback rule)
+            assert args.get("host", "127.0.0.1") == data["http_options"]["host"], path.name
     if "cpu" in path.name:
         assert data["http_options"]["host"] == "127.0.0.1"
