@@ -21,6 +21,9 @@ class JudgeRequestRejected(RuntimeError):
     """The judge answered 4xx: the request itself is wrong."""
 
 
+RETRIED_4XX = (408, 429)
+
+
 class JudgeClient:
     def __init__(
         self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5, max_items: int = 256
@@ -41,7 +44,8 @@ class JudgeClient:
             else:
                 if resp.status_code < 400:
                     return resp.json()["verdicts"]
-                if resp.status_code < 500:
+                # 408 / 429: Serve's proxy timed the request out or is shedding load - retry, like a 5xx
+                if resp.status_code < 500 and resp.status_code not in RETRIED_4XX:
                     raise JudgeRequestRejected(f"judge rejected the request ({resp.status_code}): {resp.text[:500]}")
                 last = RuntimeError(f"judge answered {resp.status_code}")
             if attempt < self.retries:
