@@ -9,7 +9,6 @@ step pays for generation, not for an engine start.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Optional
 
 from ptalign_ray.chat_template import load_tokenizer, render_ids
@@ -117,17 +116,3 @@ def token_stats(ds) -> dict[str, int]:
         "generated_tokens": int(df["num_generated_tokens"].sum()) if len(df) else 0,
         "prompts_too_long": int(df["prompt_too_long"].sum()) if len(df) else 0,
     }
-
-
-def timed_generation(fn: Callable[[], tuple]) -> Callable[[], tuple]:
-    """Wraps a step so its stats say how much of its time was engine start (its time budget)."""
-
-    def run():
-        first, t0 = len(ENGINE_STARTS), time.perf_counter()
-        *out, stats = fn()
-        start = engine_start_seconds(first)
-        stats["engine_start_s"] = start
-        stats["generation_s"] = round(time.perf_counter() - t0 - start, 2)
-        return (*out, stats)
-
-    return run

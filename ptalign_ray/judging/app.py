@@ -57,8 +57,6 @@ def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
         req = JudgeRequest.model_validate(data)
     except ValidationError as err:
         raise HttpError(422, format_validation_error(err, "body", what="request")) from None
-    if len(req.items) > cfg.max_items:
-        raise HttpError(422, f"{len(req.items)} items; at most {cfg.max_items} per request (judge.max_items)")
     for i, item in enumerate(req.items):
         for field in ("prompt", "response"):
             n = len(getattr(item, field))

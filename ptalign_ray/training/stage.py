@@ -32,10 +32,6 @@ _OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", 
 FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
 
 
-def stage_name(variant: str) -> str:
-    return training_stage(variant)
-
-
 def variant_alpha(cfg: PipelineConfig, variant: str) -> float:
     return 0.0 if variant == "mle_only" else cfg.training.alpha
 
@@ -109,7 +105,7 @@ def train_stage(
     from ptalign_ray.training.data import prepare_training_data, source_stage
     from ptalign_ray.training.trainer import ADAPTER_DIR, FULL_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
-    stage = stage_name(variant)
+    stage = training_stage(variant)
     tcfg = cfg.training
     alpha = variant_alpha(cfg, variant)
     if force:
