@@ -27,10 +27,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 # name -> training overrides, each against the run's own config (the default)
 VARIANTS = {
+    "default": {},  # the default retrained with the current code, to compare variants against
     "no_recovery": {"recovery_fraction": 0.0},
     "more_everyday": {"mix": {"red_team": 0.25, "benign": 0.15, "everyday": 0.6}},
     "ut_on_openings": {"ut_skip_openings": False},
     "no_mix": {"mix": None},
+    "ut_exempt": {"ut_exempt_common": 0.1},
 }
 
 

@@ -311,6 +311,12 @@ class TrainingConfig(_Section):
         description="Keep the seed file's toxic openings (the injected 'Sure!') out of the UT mask: only the text "
         "the model wrote after them is penalised.",
     )
+    ut_exempt_common: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Keep tokens that occur in at least this share of the training's helpful (benign and everyday) "
+        "answers out of the red-team pairs' UT mask, so unlikelihood pushes down harmful content rather than the "
+        "words of any helpful answer ('Here', 'steps', 'First'); 0 = off.",
+    )  # fmt: skip
     recovery_fraction: float = Field(
         0.0, ge=0.0, le=1.0,
         description="Share of red-team pairs that also give a safety-recovery example (Qi et al. 2024): the first "

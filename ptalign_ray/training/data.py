@@ -112,11 +112,13 @@ def encode_pair(
     tcfg: TrainingConfig,
     specials: Optional[frozenset[int]] = None,
     toxic_openings: tuple[str, ...] = (),
+    exempt_ids: frozenset[int] = frozenset(),
 ) -> dict:
     """One dataset row -> an encoded training row with a ``status`` ('ok' or a DROP_REASONS entry).
 
     ``toxic_openings`` (with ``training.ut_skip_openings``): injected toxic openings kept out of the
-    UT mask. Raises TrainingDataError naming the sample for anything that means a broken template or mask.
+    UT mask; ``exempt_ids`` (``training.ut_exempt_common``): token ids kept out of a red-team pair's UT
+    mask. Raises TrainingDataError naming the sample for anything that means a broken template or mask.
     """
     sid = str(row["id"])
     specials = special_ids(tokenizer) if specials is None else specials
@@ -153,6 +155,8 @@ def encode_pair(
     if opening and toxic_text.strip() != opening.strip():
         cut = _prefix_end(tokenizer, prompt, tox, opening)
         tox_mask[:cut] = [False] * cut
+    if exempt_ids and row.get("kind") not in MLE_ONLY_KINDS:
+        tox_mask = [on and tok not in exempt_ids for tok, on in zip(tox.input_ids, tox_mask)]
     if not any(tox_mask):
         if row.get("kind") in MLE_ONLY_KINDS:  # a benign answer stays in the anchor without its refusal
             return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials)
@@ -216,7 +220,11 @@ def _encode_benign(
 
 
 def encode_frame(
-    df: pd.DataFrame, tokenizer, tcfg: TrainingConfig, toxic_openings: tuple[str, ...] = ()
+    df: pd.DataFrame,
+    tokenizer,
+    tcfg: TrainingConfig,
+    toxic_openings: tuple[str, ...] = (),
+    exempt_ids: frozenset[int] = frozenset(),
 ) -> pd.DataFrame:
     """Encodes a batch of rows; problems become ``status='error'`` rows (message in ``error``).
 
@@ -227,7 +235,7 @@ def encode_frame(
     rows = []
     for row in df.to_dict("records"):
         try:
-            enc = encode_pair(row, tokenizer, tcfg, specials, toxic_openings)
+            enc = encode_pair(row, tokenizer, tcfg, specials, toxic_openings, exempt_ids)
         except TrainingDataError as err:
             enc = {"id": str(row["id"]), "status": "error", "error": str(err)}
         enc.setdefault("error", "")
@@ -337,6 +345,18 @@ def apply_mix(frame: pd.DataFrame, mix: Optional[dict[str, float]], seed: int) -
     return out, {"shares": mix, "available": available, "used": out["kind"].value_counts().to_dict()}
 
 
+def common_answer_ids(answers: list[str], tokenizer, share: float) -> frozenset[int]:
+    """Token ids that occur in at least ``share`` of the helpful answers (document frequency): the words of
+    helpfulness in general, which unlikelihood on a red-team pair should not teach the model to avoid."""
+    if share <= 0 or not answers:
+        return frozenset()
+    counts: dict[int, int] = {}
+    for text in answers:
+        for tok in set(tokenizer(text, add_special_tokens=False)["input_ids"]):
+            counts[tok] = counts.get(tok, 0) + 1
+    return frozenset(tok for tok, n in counts.items() if n >= share * len(answers))
+
+
 def recovery_rows(pairs: pd.DataFrame, fraction: float, max_words: int, seed: int) -> pd.DataFrame:
     """Safety-recovery rows for a seeded share of the red-team pairs: a random 1..max_words-word start
     of the toxic answer as the prefix, the positive answer as the supervised continuation."""
@@ -389,12 +409,18 @@ def prepare_training_data(
     if len(recovery):
         frame = pd.concat([frame, recovery.assign(split="train")], ignore_index=True)
 
+    helpful = frame[frame["kind"].isin((BENIGN, EVERYDAY)) & (frame["split"] == "train")]["positive"]
+    exempt = common_answer_ids([str(a) for a in helpful], load_tokenizer(model_path, trust_remote_code),
+                               tcfg.ut_exempt_common)  # fmt: skip
+
     def encode(batch: pd.DataFrame) -> pd.DataFrame:
-        return encode_frame(batch, load_tokenizer(model_path, trust_remote_code), tcfg, toxic_openings)
+        tokenizer = load_tokenizer(model_path, trust_remote_code)
+        return encode_frame(batch, tokenizer, tcfg, toxic_openings, exempt)
 
     enc = ray.data.from_pandas(frame).map_batches(encode, batch_format="pandas", batch_size=256).to_pandas()
     stats = check_encoded(enc, len(frame))
     stats["mix"] = mix_stats
+    stats["ut_exempt_ids"] = len(exempt)
     ok = enc[enc["status"] == "ok"]
     train = ok[ok["split"] == "train"][TRAIN_COLUMNS].reset_index(drop=True)
     holdout = ok[ok["split"] == "holdout"][TRAIN_COLUMNS].reset_index(drop=True)

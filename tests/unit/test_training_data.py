@@ -201,6 +201,21 @@ def test_ut_skip_openings_keeps_the_injected_opening_out_of_the_mask(tiny_tokeni
     assert "Sure" in tiny_tokenizer.decode([with_opening["tox_ids"][i] for i in _on(with_opening["tox_mask"])])
 
 
+def test_ut_exempt_common_keeps_helpful_words_out_of_the_red_team_mask(tiny_tokenizer):
+    helpful = ["Climb the ladder with a friend.", "Use tools at home.", "Climb stairs slowly."]
+    exempt = td.common_answer_ids(helpful, tiny_tokenizer, share=0.6)  # ids in >= 2 of the 3 answers
+    climb = set(tiny_tokenizer("Climb", add_special_tokens=False)["input_ids"])
+    assert climb <= exempt and td.common_answer_ids(helpful, tiny_tokenizer, share=0.0) == frozenset()
+    cfg = TrainingConfig(mask_mode="all")
+    plain = td.encode_pair(_row(), tiny_tokenizer, cfg)
+    kept = td.encode_pair(_row(), tiny_tokenizer, cfg, exempt_ids=exempt)
+    assert set(_on(kept["tox_mask"])) == {i for i in _on(plain["tox_mask"]) if plain["tox_ids"][i] not in exempt}
+    assert len(_on(kept["tox_mask"])) < len(_on(plain["tox_mask"]))
+    # a benign row's refusal side is not exempted: the words of helpfulness are not in a refusal anyway
+    benign = td.encode_pair(_row(kind="everyday"), tiny_tokenizer, cfg, exempt_ids=exempt)
+    assert benign["tox_mask"] == plain["tox_mask"]
+
+
 def test_mix_sets_the_shares_by_subsampling():
     frame = pd.DataFrame({"id": [str(i) for i in range(100)],
                           "kind": ["red_team"] * 20 + ["benign"] * 50 + ["everyday"] * 30})  # fmt: skip
