@@ -7,7 +7,11 @@ evaluates it with the run's evaluation config (base and MLE-only come from the f
     .venv/bin/python bench/variants.py --run runs/seeds/seed-0 --config runs/seeds/seed-0.yaml
 
 Writes bench/results-variants.json and prints a Markdown table (greedy ASR and ASR@k on the harmful
-sets, over-refusal on the benign sets, per evaluation judge). Numbers only.
+sets, over-refusal on the benign sets, per evaluation judge). Numbers only. Several runs (seeds),
+one results file each, merge into mean [min, max] per variant and paired differences from the
+retrained default (variant `default`):
+
+    .venv/bin/python bench/variants.py --merge results-*.json --out bench/results-variants-seeds.json
 """
 
 from __future__ import annotations
@@ -68,13 +72,58 @@ def rates(run_dir: Path, model: str) -> dict:
     return out
 
 
+def merge(files: list[Path], out: Path) -> dict:
+    """Several runs' results (one JSON per run and variant) -> mean [min, max] per variant and figure over
+    the runs, and each variant's paired difference from the retrained default on the same run."""
+    per_run: dict[str, dict[str, dict]] = {}
+    for f in files:
+        d = json.loads(f.read_text())
+        per_run.setdefault(d["run"], {}).update(d["rates"])
+    summary: dict[str, dict] = {}
+    for table in per_run.values():
+        for variant, rates_ in table.items():
+            for key, value in rates_.items():
+                cell = summary.setdefault(variant, {}).setdefault(key, {"values": [], "minus_default": []})
+                cell["values"].append(value)
+                if "default" in table and key in table["default"]:
+                    cell["minus_default"].append(round(value - table["default"][key], 4))
+    for cells in summary.values():
+        for cell in cells.values():
+            v, d = cell["values"], cell["minus_default"]
+            cell.update(mean=round(sum(v) / len(v), 4), min=min(v), max=max(v), n=len(v))
+            if d:
+                cell["minus_default_mean"] = round(sum(d) / len(d), 4)
+    result = {"runs": sorted(per_run), "per_run": per_run, "summary": summary}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def print_summary(result: dict, judge: str) -> None:
+    """A Markdown table of the headline figures under one evaluation judge: mean [min, max] in %."""
+    summary = result["summary"]
+    keys = sorted(k for k in set().union(*(c.keys() for c in summary.values())) if k.startswith(judge + "."))
+    print(f"| figure ({judge} judge, {len(result['runs'])} runs) | " + " | ".join(summary) + " |")
+    print("|---|" + "---|" * len(summary))
+    for k in keys:
+        cells = []
+        for variant in summary:
+            c = summary[variant].get(k)
+            cells.append("-" if c is None else f"{100 * c['mean']:.1f} [{100 * c['min']:.0f}, {100 * c['max']:.0f}]")
+        print(f"| {k.removeprefix(judge + '.')} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="a finished run directory (the default config)")
-    ap.add_argument("--config", type=Path, required=True, help="the config that run used")
+    ap.add_argument("--run", type=Path, help="a finished run directory (the default config)")
+    ap.add_argument("--config", type=Path, help="the config that run used")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results-variants.json")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--merge", type=Path, nargs="*", help="merge these results files (one per run) instead")
+    ap.add_argument("--judge", default="classifier", help="the evaluation judge of the merged table")
     args = ap.parse_args()
+    if args.merge:
+        print_summary(merge(args.merge, args.out), args.judge)
+        return 0
     from synthesis_throughput import machine
 
     cfg = yaml.safe_load(args.config.read_text())

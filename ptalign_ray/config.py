@@ -362,7 +362,9 @@ class TrainingConfig(_Section):
         "weights are also loaded in bfloat16.",
     )
     seed: int = Field(
-        0, description="Training seed: adapter init, epoch row order, mix subsampling, held-out split, recovery rows."
+        0,
+        description="Training seed: adapter init, epoch row order, mix subsampling, held-out split, recovery rows. "
+        "In a pipeline config it defaults to the top-level `seed`, so one line changes the seed of the whole run.",
     )
     report_every_steps: PositiveInt = Field(
         5, description="Optimizer steps between metric reports (also at checkpoints and epoch ends)."
@@ -678,6 +680,16 @@ class PipelineConfig(_Section):
         EvaluationConfig(), description="Comparison of the base, MLE-only and PT-ALIGN models on prompt sets."
     )
     ray: RayConfig = Field(RayConfig(), description="How the driver starts or joins Ray.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed(cls, data: Any) -> Any:
+        """`training.seed` follows the top-level `seed` unless the config sets it."""
+        if isinstance(data, dict) and "seed" in data:
+            training = data.get("training")
+            if training is None or (isinstance(training, dict) and "seed" not in training):
+                data = {**data, "training": {**(training or {}), "seed": data["seed"]}}
+        return data
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections (all when none given): a stage's outputs are keyed on it."""

@@ -114,3 +114,10 @@ def test_judge_beyond_loopback_is_an_explicit_choice():
     with pytest.raises(ConfigError, match="judge.allow_unauthenticated_remote"):
         parse_config({"judge": {"host": "0.0.0.0"}})
     assert parse_config({"judge": {"host": "0.0.0.0", "allow_unauthenticated_remote": True}}).judge.host == "0.0.0.0"
+
+
+def test_training_seed_follows_the_top_level_seed_unless_set():
+    assert PipelineConfig(seed=3).training.seed == 3
+    assert PipelineConfig(seed=3, training={"epochs": 1}).training.seed == 3
+    assert PipelineConfig(seed=3, training={"seed": 5}).training.seed == 5
+    assert PipelineConfig().training.seed == 0
