@@ -8,7 +8,8 @@ label and API name are written once.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import pandas as pd
 
@@ -70,18 +71,22 @@ def upstream_key(run: RunDir, stage: str) -> str:
 # -- models ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """A trained model: its training stage folder, report label and public API name."""
+    """A trained model: its training stage folder, report label, public API name, what it changes in
+    the training section, and the ``training.<switch>`` that has the main job train it (None: always)."""
 
     name: str
     stage: str
     label: str
     api_name: str
+    training: dict = field(default_factory=dict, hash=False)
+    switch: Optional[str] = None
 
 
 VARIANTS = {
     "ptalign": Variant("ptalign", "training", "PT-ALIGN", "ptalign"),
-    "mle_only": Variant("mle_only", "training_mle_only", "MLE-only", "mle-only"),
-}
+    "mle_only": Variant("mle_only", "training_mle_only", "MLE-only", "mle-only",
+                        {"objective": "dual", "alpha": 0.0}, switch="ablation_mle_only"),
+}  # fmt: skip
 MODEL_LABELS = {"base": "base", **{v.name: v.label for v in VARIANTS.values()}}
 
 
@@ -90,3 +95,8 @@ def training_stage(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"unknown training variant {variant!r}; expected one of {sorted(VARIANTS)}")
     return VARIANTS[variant].stage
+
+
+def trained_variants(training) -> list[str]:
+    """The variants the main job trains: ``ptalign`` and those whose ``training.<switch>`` is on."""
+    return [v.name for v in VARIANTS.values() if v.switch is None or getattr(training, v.switch)]

@@ -181,12 +181,12 @@ def cmd_refine(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """Dual instruction tuning on Ray Train (and the MLE-only ablation when the config asks for it)."""
+    """PT-ALIGN on Ray Train (and the MLE-only / DPO comparison models when the config asks for them)."""
+    from ptalign_ray.artifacts import trained_variants
     from ptalign_ray.training.stage import print_training_summary, train_stage
 
     cfg, run, model_path = _stage_context(args)
-    variants = ["ptalign"] + (["mle_only"] if cfg.training.ablation_mle_only else [])
-    for variant in variants:
+    for variant in trained_variants(cfg.training):
         manifest = train_stage(cfg, run, model_path, variant=variant, force=args.force, log=_log)
         print_training_summary(manifest, _log)
     return 0

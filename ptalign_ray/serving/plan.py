@@ -71,11 +71,11 @@ def _adapter_rank(adapter_dir: Path) -> int:
 def _trained_stage(cfg: PipelineConfig, run: RunDir, key: str) -> Path:
     stage, public = TRAINED[key]
     folder = run.stage_dir(stage)
+    switch = f" (with training.{VARIANTS[key].switch}: true)" if VARIANTS[key].switch else ""
     if not run.is_done(stage):
         raise ServingPlanError(
             f"serving.models lists {key!r} but {folder} is not a finished training stage; run `ptalign train "
-            f"--run-dir {run.root}` first (set training.ablation_mle_only for mle_only) or remove {key!r} from "
-            "serving.models"
+            f"--run-dir {run.root}` first{switch} or remove {key!r} from serving.models"
         )
     trained_on = run.manifest(stage).get("model")
     if trained_on and trained_on != cfg.model.name_or_path:
