@@ -73,6 +73,7 @@ def main() -> None:
     from ptalign_ray.chat_template import load_tokenizer
     from ptalign_ray.config import LoraConfig, TrainingConfig
     from ptalign_ray.models import resolve_model
+    from ptalign_ray.training.objectives import Dual
     from ptalign_ray.training.trainer import Stepper, build_model, pad_batch
 
     model_path = resolve_model(args.model)
@@ -87,8 +88,8 @@ def main() -> None:
     pairs = build_pairs(tok, args.seqs, args.seq_len)
     half = pairs[: args.seqs // 2]
 
-    dual = Stepper(model, tcfg, alpha=1.0, pad_id=pad, device=device)
-    mle = Stepper(model, tcfg, alpha=0.0, pad_id=pad, device=device)
+    dual = Stepper(model, tcfg, Dual(alpha=1.0), pad_id=pad, device=device)
+    mle = Stepper(model, tcfg, Dual(alpha=0.0), pad_id=pad, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     hf_opt = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=0.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16)

@@ -291,8 +291,13 @@ class LoraConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """Dual instruction tuning: L = L_MLE(positive) + alpha * L_UT(toxic)."""
+    """Dual instruction tuning: L = L_MLE(positive) + alpha * L_UT(toxic), or another registered objective."""
 
+    objective: str = Field(
+        "dual",
+        description="Objective of the main 'ptalign' model (registry in ptalign_ray/training/objectives.py): "
+        "'dual' = PT-ALIGN's L_MLE + alpha * L_UT.",
+    )
     alpha: float = Field(1.0, ge=0.0, description="Weight of the unlikelihood term; 0 = MLE-only ablation.")
     mask_mode: Literal["diff", "all", "judge"] = Field(
         "diff",
@@ -378,6 +383,15 @@ class TrainingConfig(_Section):
     merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
 
     _check_workers = field_validator("num_workers")(_check_pool)
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        from ptalign_ray.training.objectives import OBJECTIVES  # the registry (imports torch: only when set)
+
+        if value not in OBJECTIVES:
+            raise ValueError(f"unknown training objective {value!r}; registered: {sorted(OBJECTIVES)}")
+        return value
 
     @field_validator("mix")
     @classmethod
@@ -671,7 +685,7 @@ class PipelineConfig(_Section):
         RefinementConfig(), description="Judge-guided revision / resampling of failing samples."
     )
     training: TrainingConfig = Field(
-        TrainingConfig(), description="Dual instruction tuning (MLE + unlikelihood) on Ray Train."
+        TrainingConfig(), description="Dual instruction tuning (MLE + unlikelihood; or another objective) on Ray Train."
     )
     serving: ServingConfig = Field(
         ServingConfig(), description="OpenAI-compatible serving of the trained models and the judge (`ptalign serve`)."

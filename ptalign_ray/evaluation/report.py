@@ -160,6 +160,25 @@ def _pair_of(block: dict, a: str, b: str) -> Optional[tuple[dict, int]]:
     return None
 
 
+def _versus(met: dict, other: str, head: str) -> str:
+    """PT-ALIGN minus ``other`` on every set and metric: which intervals exclude 0 and which do not."""
+    zero, clear = [], []
+    for name, entry in met["sets"].items():
+        for block in (entry, entry.get("sampled") or {}):
+            found = _pair_of(block, other, "ptalign")
+            if not found:
+                continue
+            diffs, sign = found
+            for metric, st in diffs.items():
+                if st.get("value") is None:
+                    continue
+                v = sign * st["value"]
+                label = f"{name} {METRIC_NAMES[metric]} ({100 * v:+.1f} pp, n={st['n']})"
+                (clear if st["excludes_zero"] else zero).append(label)
+    return (head + (f"intervals exclude 0 for {', '.join(clear)}. " if clear else "no interval excludes 0. ")
+            + (f"Intervals include 0 - this run cannot tell the two apart - for {', '.join(zero)}." if zero else ""))  # fmt: skip
+
+
 def shows_and_limits(results: dict) -> list[str]:
     """The report's opening: what the numbers support and what they do not, generated from them."""
     out = []
@@ -198,22 +217,7 @@ def shows_and_limits(results: dict) -> list[str]:
     models = list(results["models"])
     met = results["metrics"]
     if "ptalign" in models and "mle_only" in models:
-        zero, clear = [], []
-        for name, entry in met["sets"].items():
-            for _where, block in (("greedy", entry), ("sampled", entry.get("sampled") or {})):
-                found = _pair_of(block, "mle_only", "ptalign")
-                if not found:
-                    continue
-                diffs, sign = found
-                for metric, st in diffs.items():
-                    if st.get("value") is None:
-                        continue
-                    v = sign * st["value"]
-                    label = f"{name} {METRIC_NAMES[metric]} ({100 * v:+.1f} pp, n={st['n']})"
-                    (clear if st["excludes_zero"] else zero).append(label)
-        out.append("**PT-ALIGN vs MLE-only** (the unlikelihood term's own effect): "
-                   + (f"intervals exclude 0 for {', '.join(clear)}. " if clear else "no interval excludes 0. ")
-                   + (f"Intervals include 0 - this run cannot tell the two apart - for {', '.join(zero)}." if zero else ""))  # fmt: skip
+        out.append(_versus(met, "mle_only", "**PT-ALIGN vs MLE-only** (the unlikelihood term's own effect): "))
     else:
         out.append("**PT-ALIGN vs MLE-only** cannot be compared: " + ", ".join(
             m for m in ("ptalign", "mle_only") if m not in models) + " not evaluated.")  # fmt: skip
@@ -362,9 +366,13 @@ def build_blocks(results: dict, images: dict[str, str]) -> list[dict]:
         summ = t.get("summary") or {}
         f, last = summ.get("first", {}), summ.get("final", {})
         if f and last:
-            B.append({"type": "p", "text": f"{LABELS.get(variant, variant)} (alpha {t.get('alpha')}, {t.get('steps')} steps): "
-                      f"L_MLE {_num(f.get('mle')):.3f} -> {_num(last.get('mle')):.3f}, toxic-token probability "
-                      f"{_num(f.get('toxic_prob')):.3f} -> {_num(last.get('toxic_prob')):.3f}."})  # fmt: skip
+            obj = _objective(t)
+            params = ", ".join(f"{k} {v}" for k, v in (obj.get("params") or {}).items())
+            moves = ", ".join(
+                f"{label} {_num(f.get(k)):.3f} -> {_num(last.get(k)):.3f}" for k, label in obj["metrics"].items()
+            )
+            B.append({"type": "p", "text": f"{LABELS.get(variant, variant)} (objective {obj.get('name')}"
+                      f"{', ' + params if params else ''}, {t.get('steps')} steps): {moves}."})  # fmt: skip
     if "refinement" in images:
         B.append({"type": "img", "src": images["refinement"], "alt": "refinement pass rates"})
     ref_info = results.get("refinement")
@@ -532,33 +540,49 @@ def plot_pairs(results: dict, path: Path) -> Optional[Path]:
     return path
 
 
+def _objective(t: dict) -> dict:
+    """A trained variant's objective: name, params and metric labels (from its manifest; a training
+    entry without one: the metric keys of its first training report)."""
+    obj = dict(t.get("objective") or {})
+    first = (t.get("summary") or {}).get("first") or {}
+    obj.setdefault("metrics", {k: k for k in first if k != "step"})
+    return obj
+
+
 def plot_training(training: dict, path: Path) -> Optional[Path]:
-    """L_MLE, L_UT and mean toxic-token probability per step for each trained variant."""
-    if not training or not any(any("mle" in h for h in t["history"]) for t in training.values()):
+    """Every metric the variants' objectives report, per step, one panel per metric (train and held-out)."""
+    panels: dict[str, list[str]] = {}  # metric -> the labels the variants give it
+    for t in (training or {}).values():
+        for k, label in _objective(t)["metrics"].items():
+            if any(h.get(k) is not None for h in t["history"]):
+                panels.setdefault(k, [])
+                if label not in panels[k]:
+                    panels[k].append(label)
+    if not panels:
         return None
     plt = _plt()
-    keys = [("mle", "L_MLE (positive)"), ("ut", "L_UT (toxic)"), ("toxic_prob", "mean toxic-token probability")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for variant, t in training.items():
-        train = [h for h in t["history"] if "mle" in h and "step" in h]
-        held = [h for h in t["history"] if "holdout_mle" in h and "step" in h]
-        for ax, (k, title) in zip(axes, keys):
-            pts = [(h["step"], h[k]) for h in train if h.get(k) is not None]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    for ax, (k, labels) in zip(axes.flat, panels.items()):
+        for variant, t in training.items():
+            name, color = LABELS.get(variant, variant), COLORS.get(variant)
+            pts = [(h["step"], h[k]) for h in t["history"] if "step" in h and h.get(k) is not None]
             if pts:
-                ax.plot(*zip(*pts), label=f"{LABELS.get(variant, variant)} train", color=COLORS.get(variant))
-            hpts = [(h["step"], h[f"holdout_{k}"]) for h in held if h.get(f"holdout_{k}") is not None]
+                ax.plot(*zip(*pts), label=f"{name} train", color=color)
+            hpts = [
+                (h["step"], h[f"holdout_{k}"])
+                for h in t["history"]
+                if "step" in h and h.get(f"holdout_{k}") is not None
+            ]
             if hpts:
-                ax.plot(
-                    *zip(*hpts),
-                    "o--",
-                    label=f"{LABELS.get(variant, variant)} held-out",
-                    color=COLORS.get(variant),
-                    alpha=0.6,
-                )
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+                ax.plot(*zip(*hpts), "o--", label=f"{name} held-out", color=color, alpha=0.6)
+        ax.set_title(" / ".join(labels), fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -437,8 +437,15 @@ def _training_info(run: RunDir) -> dict:
             continue
         history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         manifest = run.manifest(stage)
+        summary = manifest.get("metrics", {})
+        # the objective's metric labels; a stage trained before objectives were recorded: its summary's keys
+        objective = manifest.get("objective") or {
+            "name": "dual",
+            "params": {"alpha": manifest.get("alpha")},
+            "metrics": {k: k for k in summary.get("first", {}) if k != "step"},
+        }
         out[variant] = {"stage": stage, "alpha": manifest.get("alpha"), "steps": manifest.get("steps"),
-                        "history": history, "summary": manifest.get("metrics", {})}  # fmt: skip
+                        "objective": objective, "history": history, "summary": summary}  # fmt: skip
     return out
 
 

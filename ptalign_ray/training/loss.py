@@ -98,7 +98,7 @@ class DualLossOutput:
     tox_tokens: int
 
 
-def _as_count(value: Count, name: str) -> float:
+def as_count(value: Count, name: str) -> float:
     count = float(value.item() if isinstance(value, torch.Tensor) else value)
     if not math.isfinite(count) or count < 0:
         raise ValueError(f"{name} must be a finite count >= 0, got {count}")
@@ -111,11 +111,12 @@ def _check_mask(logp: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tens
     return mask.bool()
 
 
-def _check_counts(local: int, global_count: float, name: str) -> float:
+def check_count(local: int, global_count: float, name: str) -> float:
+    """The denominator for a global count, after checking it covers this shard's own ``local`` count."""
     if local > global_count + 0.5:
         raise ValueError(
-            f"{name}: this shard has {local} masked tokens but the global count is {global_count:g}; "
-            "pass the mask sum all-reduced (SUM) over every worker"
+            f"{name}: this shard has {local} masked tokens or pairs but the global count is {global_count:g}; "
+            "pass the count all-reduced (SUM) over every worker"
         )
     return max(global_count, 1.0)  # a zero global count means an all-zero numerator: contribute 0
 
@@ -142,8 +143,8 @@ def dual_loss(
     tox_mask = _check_mask(tox_logp, tox_mask, "toxic")
     n_pos = int(pos_mask.sum().item())
     n_tox = int(tox_mask.sum().item())
-    pos_denom = _check_counts(n_pos, _as_count(pos_tokens_global, "pos_tokens_global"), "positive")
-    tox_denom = _check_counts(n_tox, _as_count(tox_tokens_global, "tox_tokens_global"), "toxic")
+    pos_denom = check_count(n_pos, as_count(pos_tokens_global, "pos_tokens_global"), "positive")
+    tox_denom = check_count(n_tox, as_count(tox_tokens_global, "tox_tokens_global"), "toxic")
 
     # torch.where (not logp * mask) so a -inf log-prob at an unmasked position cannot become NaN.
     pos_logp = pos_logp.float()

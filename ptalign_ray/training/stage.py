@@ -1,6 +1,9 @@
-"""The training stage: dual instruction tuning on Ray Train, written atomically into the run directory.
+"""The training stage: one model variant trained on Ray Train, written atomically into the run directory.
 
-Layout of a finished stage (``training/`` for PT-ALIGN, ``training_mle_only/`` for the ablation)::
+A variant (``artifacts.VARIANTS``) is the training section with the variant's overrides: ``ptalign``
+trains ``training.objective`` (PT-ALIGN's dual loss by default), ``mle_only`` the dual loss with
+alpha 0. Layout of a finished stage (``training/`` for PT-ALIGN, ``training_mle_only/`` for the
+ablation)::
 
     adapter/        peft LoRA adapter (loads into vLLM's LoRA support); absent for full fine-tuning
     merged/         merged weights + tokenizer (optional; the full model for full fine-tuning)
@@ -23,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ptalign_ray.artifacts import training_stage, upstream_key
-from ptalign_ray.config import PipelineConfig
+from ptalign_ray.artifacts import VARIANTS, training_stage, upstream_key
+from ptalign_ray.config import PipelineConfig, TrainingConfig
 from ptalign_ray.runs import MANIFEST, RunDir, StageConfigMismatch, finished_stage, versions, write_json_atomic  # noqa: F401
 
 # Fields that change how a run is operated, not what it learns: a restart may change them.
@@ -32,19 +35,31 @@ _OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", 
 FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
 
 
-def variant_alpha(cfg: PipelineConfig, variant: str) -> float:
-    return 0.0 if variant == "mle_only" else cfg.training.alpha
+def variant_training(cfg: PipelineConfig, variant: str) -> TrainingConfig:
+    """The training section a variant trains with: the config's, with the variant's overrides."""
+    training_stage(variant)  # a known variant
+    return cfg.training.model_copy(update=VARIANTS[variant].training)
 
 
 def training_hash(cfg: PipelineConfig, variant: str, source: str, source_hash: str) -> str:
-    """Keys the stage on what determines the trained weights: model, training section, data."""
-    training = cfg.training.model_dump(mode="json", exclude=set(_OPERATIONAL))
-    blob = json.dumps(
-        {"model": cfg.model.model_dump(mode="json"), "training": training, "variant": variant,
-         "alpha": variant_alpha(cfg, variant), "source": source, "source_hash": source_hash},
-        sort_keys=True,
-    )  # fmt: skip
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Keys the stage on what determines the trained weights: model, training section, objective, data.
+
+    Fields that only other objectives read (``Objective.config_fields``) are left out, so changing
+    another objective's hyperparameter does not invalidate a finished stage.
+    """
+    from ptalign_ray.training.objectives import OBJECTIVES, build_objective
+
+    tcfg = variant_training(cfg, variant)
+    objective = build_objective(tcfg)
+    unused = {f for o in OBJECTIVES.values() for f in o.config_fields} - set(objective.config_fields)
+    training = cfg.training.model_dump(mode="json", exclude={*_OPERATIONAL, "objective", *unused})
+    key = {"model": cfg.model.model_dump(mode="json"), "training": training, "variant": variant,
+           "source": source, "source_hash": source_hash}  # fmt: skip
+    if objective.name == "dual":
+        key["alpha"] = tcfg.alpha  # as stages trained before training.objective existed were keyed
+    else:
+        key["objective"] = {"name": objective.name, **objective.params}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _fault_injection(work: Path) -> dict:
@@ -68,21 +83,24 @@ def merge_adapter(model_path: str, adapter_dir: Path, out_dir: Path, trust_remot
     load_tokenizer(model_path, trust_remote_code).save_pretrained(out_dir)
 
 
-def _summary(history: list[dict]) -> dict:
-    """First / last training report and held-out metrics before / after, for the manifest."""
-    train = [h for h in history if "mle" in h]
-    held = [h for h in history if "holdout_mle" in h]
-    keys = ("mle", "ut", "toxic_prob", "loss")
-    hkeys = ("holdout_mle", "holdout_ut", "holdout_toxic_prob")
+def _summary(history: list[dict], metrics: list[str]) -> dict:
+    """First / last training report and held-out metrics before / after, for the manifest.
+
+    ``metrics``: the objective's metric names; every objective reports a "loss".
+    """
+    train = [h for h in history if "loss" in h]
+    held = [h for h in history if "holdout_loss" in h]
+    keys = tuple(metrics)
+    hkeys = tuple(f"holdout_{k}" for k in keys)
     out: dict = {"reports": len(history)}
     if train:
-        out["first"] = {k: train[0][k] for k in ("step", *keys)}
-        out["final"] = {k: train[-1][k] for k in ("step", "epoch", *keys, "lr", "tokens_per_s", "step_time_s")}
+        out["first"] = {k: train[0].get(k) for k in ("step", *keys)}
+        out["final"] = {k: train[-1].get(k) for k in ("step", "epoch", *keys, "lr", "tokens_per_s", "step_time_s")}
         out["tokens"] = sum(h["tokens"] for h in train)
         out["supervised_tokens"] = sum(h["supervised_tokens"] for h in train)
     if held:
-        out["holdout_before"] = {k: held[0][k] for k in ("step", *hkeys)}
-        out["holdout_after"] = {k: held[-1][k] for k in ("step", *hkeys)}
+        out["holdout_before"] = {k: held[0].get(k) for k in ("step", *hkeys)}
+        out["holdout_after"] = {k: held[-1].get(k) for k in ("step", *hkeys)}
     out["resumed_from_steps"] = sorted({h["resumed_from_step"] for h in history if h.get("resumed_from_step")})
     return out
 
@@ -103,11 +121,15 @@ def train_stage(
     from ptalign_ray.chat_template import load_tokenizer
     from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.training.data import prepare_training_data, source_stage
+    from ptalign_ray.training.objectives import build_objective
     from ptalign_ray.training.trainer import ADAPTER_DIR, FULL_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
     stage = training_stage(variant)
-    tcfg = cfg.training
-    alpha = variant_alpha(cfg, variant)
+    tcfg = variant_training(cfg, variant)
+    objective = build_objective(tcfg)
+    if objective.uses_reference and not tcfg.lora.enabled:
+        raise ValueError(f"[{stage}] objective {objective.name!r} needs training.lora.enabled (its reference "
+                         "model is the base model with the adapter off)")  # fmt: skip
     if force:
         run.clear(stage)
     source = source_stage(run)
@@ -139,7 +161,6 @@ def train_stage(
     name = f"{stage}-{chash}"
     loop_config = {
         "training": tcfg.model_dump(mode="json"),
-        "alpha": alpha,
         "model_path": model_path,
         "pad_id": int(pad_id),
         "trust_remote_code": cfg.model.trust_remote_code,
@@ -149,7 +170,8 @@ def train_stage(
     datasets = {"train": data.train}
     if data.holdout is not None:
         datasets["holdout"] = data.holdout
-    log(f"[{stage}] alpha={alpha} mask={tcfg.mask_mode} workers={workers} strategy={tcfg.strategy} "
+    log(f"[{stage}] objective={objective.name} {_params(objective.params)} mask={tcfg.mask_mode} workers={workers} "
+        f"strategy={tcfg.strategy} "
         f"lora={'r=%d' % tcfg.lora.r if tcfg.lora.enabled else 'off (full fine-tuning)'}; checkpoints in {work}")  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -200,13 +222,14 @@ def train_stage(
             "model": cfg.model.name_or_path,
             "model_path": model_path,
             "source": {"stage": source, "config_hash": source_hash, "path": str(run.data_dir(source))},
-            "alpha": alpha,
+            "alpha": objective.params.get("alpha"),
+            "objective": {"name": objective.name, "params": objective.params, "metrics": dict(objective.metrics)},
             "mask_mode": tcfg.mask_mode,
             "data": data.stats,
             "steps": state["step"],
             "epochs": state["epoch"],
             "samples_seen": state["samples_seen"],
-            "metrics": _summary(history),
+            "metrics": _summary(history, list(objective.metrics)),
             "outputs": outputs,
             "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
             "wall_seconds": round(train_seconds, 2),
@@ -237,31 +260,37 @@ def _fmt(value, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+def _params(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
 def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -> None:
     """Human-readable summary of a finished training stage (called by the CLI)."""
-    m, d = manifest["metrics"], manifest["data"]
+    m, d, obj = manifest["metrics"], manifest["data"], manifest["objective"]
     log("")
-    log(
-        f"== {manifest['stage']} summary ({manifest['variant']}, alpha={manifest['alpha']}, mask={manifest['mask_mode']}) =="
-    )
+    log(f"== {manifest['stage']} summary ({manifest['variant']}, objective {obj['name']} {_params(obj['params'])}, "
+        f"mask={manifest['mask_mode']}) ==")  # fmt: skip
     log(f"  data             : {d['train_pairs']} training + {d['holdout_pairs']} held-out pairs"
         f", {d.get('train_benign', 0)} + {d.get('holdout_benign', 0)} benign answers from '{manifest['source']['stage']}'"
-        f" ({d['rows']} rows; dropped {d['dropped_empty_ut']} empty-UT, {d['dropped_overlong']} over-long,"
-        f" {d['dropped_truncated_empty']} empty after truncation; truncated {d['truncated_positive']}+{d['truncated_toxic']})")  # fmt: skip
+        f" ({d['rows']} rows; dropped {d['dropped_empty_ut']} empty-UT, {d.get('dropped_no_rejected', 0)} without a"
+        f" rejected answer, {d['dropped_overlong']} over-long, {d['dropped_truncated_empty']} empty after truncation;"
+        f" truncated {d['truncated_positive']}+{d['truncated_toxic']})")  # fmt: skip
     log(f"  steps            : {manifest['steps']} over {manifest['epochs']} epochs, {manifest['samples_seen']} pairs seen"
         + (f"; resumed from step(s) {m['resumed_from_steps']}" if m.get("resumed_from_steps") else ""))  # fmt: skip
+    labels = obj["metrics"]
     if "first" in m:
         f, last = m["first"], m["final"]
-        log(f"  L_MLE            : {_fmt(f['mle'])} -> {_fmt(last['mle'])}")
-        log(f"  L_UT             : {_fmt(f['ut'])} -> {_fmt(last['ut'])}")
-        log(f"  toxic-token prob : {_fmt(f['toxic_prob'])} -> {_fmt(last['toxic_prob'])}")
+        for k, label in labels.items():
+            log(f"  {label:<17}: {_fmt(f.get(k))} -> {_fmt(last.get(k))}")
         log(
             f"  throughput       : {_fmt(last['tokens_per_s'], '.0f')} tok/s, {_fmt(last['step_time_s'], '.2f')} s/step (last window)"
         )
     if "holdout_before" in m:
         b, a = m["holdout_before"], m["holdout_after"]
-        log(f"  held-out         : L_MLE {_fmt(b['holdout_mle'])} -> {_fmt(a['holdout_mle'])}, L_UT {_fmt(b['holdout_ut'])} -> "
-            f"{_fmt(a['holdout_ut'])}, toxic prob {_fmt(b['holdout_toxic_prob'])} -> {_fmt(a['holdout_toxic_prob'])}")  # fmt: skip
+        held = [
+            f"{label} {_fmt(b.get('holdout_' + k))} -> {_fmt(a.get('holdout_' + k))}" for k, label in labels.items()
+        ]
+        log(f"  held-out         : {', '.join(held)}")
     outs = manifest["outputs"]
     log(f"  outputs          : adapter={outs['adapter'] or '-'} merged={outs['merged'] or '-'} metrics={outs['metrics']}"
         f" ({manifest['wall_seconds']:.0f}s wall)")  # fmt: skip

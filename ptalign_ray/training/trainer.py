@@ -11,10 +11,11 @@ could not be replayed exactly; index sharding makes the position a single number
 epoch) that stays valid when the number of workers changes (elastic training, a restart on another
 layout).
 
-Loss. Mask sums are all-reduced per optimizer step, each worker computes its contribution with
-:func:`dual_loss` over the global counts, and the loss is multiplied by the world size before
-``backward()`` because DDP / FSDP average gradients: the gradient is that of the full-batch loss for
-any split of the batch.
+Loss. The objective (``training.objective``, :mod:`.objectives`) is called per micro-batch with the
+step's global counts (mask sums and pairs, all-reduced once per optimizer step), so each worker
+computes its contribution, and the loss is multiplied by the world size before ``backward()`` because
+DDP / FSDP average gradients: the gradient is that of the full-batch loss for any split of the batch.
+Metrics are whatever the objective returns; nothing here knows their names.
 
 Checkpoints (every ``checkpoint_every_steps`` and at the end) hold the trainable weights and the
 optimizer gathered to rank 0 through ``torch.distributed.checkpoint.state_dict`` (complete under DDP,
@@ -43,7 +44,8 @@ from typing import Any
 import torch
 
 from ptalign_ray.config import TrainingConfig
-from ptalign_ray.training.loss import dual_loss, next_token_logprobs, shift_mask
+from ptalign_ray.training.loss import next_token_logprobs, shift_mask
+from ptalign_ray.training.objectives import Batch, Counts, Objective, build_objective, sequence_logps
 
 STATE_FILE = "state.json"
 TRAINABLE_FILE = "trainable.pt"
@@ -197,23 +199,23 @@ def _fsdp_kwargs(model: torch.nn.Module) -> dict:
 
 
 class Stepper:
-    """Optimizer steps and held-out evaluation of the dual loss on one worker.
+    """Optimizer steps and held-out evaluation of the training objective on one worker.
 
     Independent of Ray so the benchmark runs the very same step; :class:`Worker` adds the Ray Train
-    context, data and checkpoints.
+    context, data and checkpoints. The loss is the ``objective``'s (:mod:`.objectives`).
     """
 
     def __init__(
         self,
         model,
         tcfg: TrainingConfig,
-        alpha: float,
+        objective: Objective,
         pad_id: int,
         device: torch.device,
         rank: int = 0,
         world: int = 1,
     ):
-        self.model, self.tcfg, self.alpha, self.pad_id = model, tcfg, float(alpha), int(pad_id)
+        self.model, self.tcfg, self.objective, self.pad_id = model, tcfg, objective, int(pad_id)
         self.device, self.rank, self.world = device, rank, world
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -229,6 +231,15 @@ class Stepper:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return [float(v) for v in t.cpu()]
 
+    def counts(self, rows: list[Pair], with_rejected: bool) -> Counts:
+        """The step's global counts: this rank's rows, all-reduced (one collective)."""
+        local = [
+            sum(sum(r.pos_mask) for r in rows),
+            sum(sum(r.tox_mask) for r in rows) if with_rejected else 0,
+            sum(1 for r in rows if any(r.pos_mask) and any(r.tox_mask)),
+        ]
+        return Counts(*self.all_reduce(local))
+
     # --- forward passes
 
     def _logprobs(self, seqs: list[list[int]], masks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -238,28 +249,41 @@ class Stepper:
             logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         return next_token_logprobs(logits, ids), shift_mask(mask), int(attn.sum())
 
-    def _micro(self, rows: list[Pair], n_pos: float, n_tox: float, alpha: float, with_toxic: bool, joint: bool):
-        """One micro-batch: (DualLossOutput, tokens forwarded).
+    @torch.no_grad()
+    def reference_logps(self, rows: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs of the chosen and rejected masked tokens under the reference model: the
+        policy with its LoRA adapter switched off (peft ``disable_adapter``), so no second copy is held."""
+        seqs = [r.pos_ids for r in rows] + [r.tox_ids for r in rows]
+        masks = [r.pos_mask for r in rows] + [r.tox_mask for r in rows]
+        with unwrap(self.model).disable_adapter():
+            logp, mask, _ = self._logprobs(seqs, masks)
+        seq = sequence_logps(logp, mask)
+        return seq[: len(rows)], seq[len(rows) :]
 
-        ``joint``: positives and toxics in one forward (one backward, one gradient sync). Otherwise
-        the toxic side is only measured under no_grad (MLE-only) or skipped (``with_toxic`` False).
+    def _micro(self, rows: list[Pair], counts: Counts, with_rejected: bool, joint: bool):
+        """One micro-batch: (loss, metrics, tokens forwarded through the policy).
+
+        ``joint``: chosen and rejected in one forward (one backward, one gradient sync). Otherwise
+        the rejected side is only measured under no_grad (``with_rejected``) or skipped.
         """
-        if with_toxic and joint:
+        ref = self.reference_logps(rows) if self.objective.uses_reference else (None, None)
+        b = len(rows)
+        if with_rejected and joint:
             seqs = [r.pos_ids for r in rows] + [r.tox_ids for r in rows]
             masks = [r.pos_mask for r in rows] + [r.tox_mask for r in rows]
             logp, mask, tokens = self._logprobs(seqs, masks)
-            b = len(rows)
-            return dual_loss(logp[:b], mask[:b], logp[b:], mask[b:], alpha, n_pos, n_tox), tokens
+            loss, metrics = self.objective(Batch(logp[:b], mask[:b], logp[b:], mask[b:], *ref), counts)
+            return loss, metrics, tokens
         tokens = 0
-        if with_toxic:  # measured before the positive forward, so DDP sees one graph per backward
+        if with_rejected:  # measured before the chosen forward, so DDP sees one graph per backward
             with torch.no_grad():
                 tox_logp, tox_mask, tokens = self._logprobs([r.tox_ids for r in rows], [r.tox_mask for r in rows])
         else:
-            tox_logp = torch.zeros(len(rows), 1, device=self.device)
-            tox_mask = torch.zeros(len(rows), 1, dtype=torch.bool, device=self.device)
-            n_tox = 0
+            tox_logp = torch.zeros(b, 1, device=self.device)
+            tox_mask = torch.zeros(b, 1, dtype=torch.bool, device=self.device)
         pos_logp, pos_mask, pos_tokens = self._logprobs([r.pos_ids for r in rows], [r.pos_mask for r in rows])
-        return dual_loss(pos_logp, pos_mask, tox_logp, tox_mask, alpha, n_pos, n_tox), tokens + pos_tokens
+        loss, metrics = self.objective(Batch(pos_logp, pos_mask, tox_logp, tox_mask, *ref), counts)
+        return loss, metrics, tokens + pos_tokens
 
     def dummy(self) -> Pair:
         """An empty row (two pad tokens, nothing supervised): a forward that adds zero loss and gradient."""
@@ -276,27 +300,28 @@ class Stepper:
     def train_step(self, rows: list[Pair], measure_toxic: bool, n_micro: int | None = None) -> dict:
         """One optimizer step over this rank's rows in ``n_micro`` micro-batches (the same on every rank).
 
+        Returns this rank's contribution to each of the objective's metrics (SUM over ranks = the
+        step's value), the step's global counts, tokens forwarded and the gradient norm. The rejected
+        side is measured when ``measure_toxic`` even if the objective does not train it.
         ``n_micro`` defaults to what ``rows`` need (a single worker); a rank with fewer rows than the
         others, or none, runs dummy micro-batches so every rank does the same passes and all-reduces.
         """
         real = math.ceil(len(rows) / self.tcfg.batch_size)  # the micro-batches that hold rows
         micro = self.split_micro(rows, real if n_micro is None else n_micro)
-        with_toxic = self.alpha > 0 or measure_toxic
-        n_pos, n_tox = self.all_reduce(
-            [sum(sum(r.pos_mask) for r in rows), sum(sum(r.tox_mask) for r in rows) if with_toxic else 0]
-        )
-        sums = {"mle": 0.0, "ut": 0.0, "toxic_prob": 0.0, "tokens": 0}
+        joint = self.objective.trains_rejected
+        counts = self.counts(rows, with_rejected=joint or measure_toxic)
+        sums = dict.fromkeys(self.objective.metrics, 0.0)
+        tokens = 0
         self.model.train()
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:
-                out, tokens = self._micro(mb, n_pos, n_tox, self.alpha, with_toxic, joint=self.alpha > 0)
-                (out.loss * self.world).backward()
-            sums["mle"] += float(out.mle)
-            sums["ut"] += float(out.ut)
-            sums["toxic_prob"] += float(out.toxic_prob_mean)
-            sums["tokens"] += tokens if i < real else 0  # a dummy's pad tokens are not throughput
+                loss, metrics, n = self._micro(mb, counts, joint or measure_toxic, joint)
+                (loss * self.world).backward()
+            for k in sums:
+                sums[k] += float(metrics[k])
+            tokens += n if i < real else 0  # a dummy's pad tokens are not throughput
         if hasattr(self.model, "clip_grad_norm_"):  # FSDP
             grad_norm = self.model.clip_grad_norm_(self.tcfg.max_grad_norm)
         else:
@@ -304,33 +329,33 @@ class Stepper:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tcfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {
-            **sums,
-            "pos_tokens": n_pos,
-            "tox_tokens": n_tox,
-            "grad_norm": float(grad_norm),
-            "measured_toxic": with_toxic,
-        }
+        return {**sums, **asdict(counts), "tokens": tokens, "grad_norm": float(grad_norm)}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out L_MLE, L_UT and toxic-token probability (full held-out set, every rank in step)."""
+        """The objective's metrics on the full held-out set as ``holdout_<metric>`` (every rank in step).
+
+        A metric weighted by a count that is 0 on the held-out set is None (nothing to average).
+        """
         rows = self.holdout_rows
         if not rows:
             return {}
         mine = rows[self.rank :: self.world]
         micro = self.split_micro(mine, micro_batches(len(rows), self.world, self.tcfg.batch_size))
-        n_pos, n_tox = self.all_reduce([sum(sum(r.pos_mask) for r in mine), sum(sum(r.tox_mask) for r in mine)])
+        counts = self.counts(mine, with_rejected=True)
+        names = list(self.objective.metrics)
+        sums = [0.0] * len(names)
         self.model.eval()
-        sums = [0.0, 0.0, 0.0]
         for mb in micro:
-            out, _ = self._micro(mb, n_pos, n_tox, self.alpha, with_toxic=True, joint=True)
-            sums[0] += float(out.mle)
-            sums[1] += float(out.ut)
-            sums[2] += float(out.toxic_prob_mean)
+            _, metrics, _ = self._micro(mb, counts, with_rejected=True, joint=True)
+            sums = [s + float(metrics[k]) for s, k in zip(sums, names)]
         self.model.train()
-        mle, ut, prob = self.all_reduce(sums)
-        return {"holdout_mle": mle, "holdout_ut": ut, "holdout_toxic_prob": prob, "holdout_pairs": len(rows)}
+        weights = self.objective.weights
+        out = {
+            f"holdout_{k}": None if k in weights and getattr(counts, weights[k]) == 0 else v
+            for k, v in zip(names, self.all_reduce(sums))
+        }
+        return {**out, "holdout_pairs": len(rows)}
 
 
 class Worker(Stepper):
@@ -353,9 +378,8 @@ class Worker(Stepper):
         # Buffers (rotary tables) are constant: no buffer sync in every forward.
         kwargs = {"forward_sync_buffers": False} if tcfg.strategy == "ddp" else _fsdp_kwargs(model)
         model = ray.train.torch.prepare_model(model, parallel_strategy=tcfg.strategy, parallel_strategy_kwargs=kwargs)
-        super().__init__(
-            model, tcfg, config["alpha"], config["pad_id"], device, ctx.get_world_rank(), ctx.get_world_size()
-        )
+        objective = build_objective(tcfg)
+        super().__init__(model, tcfg, objective, config["pad_id"], device, ctx.get_world_rank(), ctx.get_world_size())
         self.train_rows = _load_rows("train")
         self.holdout_rows = _load_rows("holdout")
         self.progress = Progress()
@@ -576,46 +600,48 @@ def _maybe_crash(config: dict, step: int, rank: int, world: int) -> None:
 class Window:
     """Metrics accumulated between two reports (per rank; all-reduced when reported).
 
-    L_MLE is the mean over the window's steps. L_UT and the toxic-token probability are weighted by
-    each step's toxic tokens: a step with none (benign rows only, or not measured) adds nothing,
-    instead of a 0 that would pull the averages down.
+    Each of the objective's metrics is averaged over the window's steps, weighted by the count the
+    objective names for it (``objective.weights``, e.g. L_UT by toxic tokens): a step where that count
+    is 0 (benign rows only, or the toxic side not measured) adds nothing, instead of a 0 that would
+    pull the average down. Unweighted metrics are plain means over steps.
     """
 
-    def __init__(self) -> None:
-        self.steps = 0
-        self.mle = 0.0
-        self.ut_sum = self.toxic_prob_sum = 0.0  # over toxic tokens: per-step value x its toxic tokens
-        self.tokens = 0
-        self.pos_tokens = self.tox_tokens = 0.0  # global counts (already all-reduced per step)
+    def __init__(self, objective: Objective) -> None:
+        self.names = list(objective.metrics)
+        self.weight_of = dict(objective.weights)
+        self.trains_rejected = objective.trains_rejected
+        self.sums = dict.fromkeys(self.names, 0.0)  # per-step value x its weight (this rank's share)
+        self.weights = dict.fromkeys(self.names, 0.0)  # global counts: the same on every rank
+        self.steps = self.tokens = 0
+        self.pos_tokens = self.tox_tokens = self.pairs = 0.0  # global counts (already all-reduced per step)
         self.seconds = 0.0
         self.grad_norm = 0.0
 
     def add(self, out: dict, seconds: float) -> None:
         self.steps += 1
-        self.mle += out["mle"]
+        for k in self.names:
+            w = float(out[self.weight_of[k]]) if k in self.weight_of else 1.0
+            self.sums[k] += out[k] * w
+            self.weights[k] += w
         self.tokens += out["tokens"]
-        self.pos_tokens += out["pos_tokens"]
+        self.pos_tokens += out["chosen_tokens"]
+        self.tox_tokens += out["rejected_tokens"]
+        self.pairs += out["pairs"]
         self.seconds += seconds
         self.grad_norm = out["grad_norm"]
-        if out["measured_toxic"]:
-            self.ut_sum += out["ut"] * out["tox_tokens"]
-            self.toxic_prob_sum += out["toxic_prob"] * out["tox_tokens"]
-            self.tox_tokens += out["tox_tokens"]
 
     def local(self) -> list[float]:
         """This rank's sums, to all-reduce (SUM) before :meth:`metrics`."""
-        return [self.mle, self.ut_sum, self.toxic_prob_sum, float(self.tokens)]
+        return [self.sums[k] for k in self.names] + [float(self.tokens)]
 
-    def metrics(self, reduced: list[float], alpha: float) -> dict:
-        """The window's averages from the all-reduced :meth:`local` sums (``None``: no toxic token)."""
-        mle_sum, ut_sum, prob_sum, tokens = reduced
-        mle = mle_sum / max(self.steps, 1)
-        ut = ut_sum / self.tox_tokens if self.tox_tokens else None
+    def metrics(self, reduced: list[float]) -> dict:
+        """The window's averages from the all-reduced :meth:`local` sums (``None``: nothing to average)."""
+        *sums, tokens = reduced
+        out = {k: s / self.weights[k] if self.weights[k] else None for k, s in zip(self.names, sums)}
         return {
-            "mle": mle, "ut": ut, "toxic_prob": prob_sum / self.tox_tokens if self.tox_tokens else None,
-            "loss": mle + alpha * (ut or 0.0),
-            "pos_tokens": int(self.pos_tokens), "tox_tokens": int(self.tox_tokens),
-            "supervised_tokens": int(self.pos_tokens + (self.tox_tokens if alpha > 0 else 0)),
+            **out,
+            "pos_tokens": int(self.pos_tokens), "tox_tokens": int(self.tox_tokens), "pairs": int(self.pairs),
+            "supervised_tokens": int(self.pos_tokens + (self.tox_tokens if self.trains_rejected else 0)),
             "tokens": int(tokens), "tokens_per_s": tokens / max(self.seconds, 1e-9),
             "step_time_s": self.seconds / max(self.steps, 1), "grad_norm": self.grad_norm,
         }  # fmt: skip
@@ -654,7 +680,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is None and w.holdout_rows:
         report({"step": 0, "epoch": 0, **w.evaluate()}, save=False)
 
-    window = Window()
+    window = Window(w.objective)
     while p.epoch < tcfg.epochs:
         order = epoch_order(n, tcfg.seed, p.epoch)
         mine, consumed = step_rows(order, p.position, w.rows_per_step, w.world, w.rank)
@@ -679,7 +705,7 @@ def train_loop_per_worker(config: dict) -> None:
             p.epoch, p.position = p.epoch + 1, 0
             held = w.evaluate()
         if is_report or is_ckpt or epoch_end:
-            metrics = window.metrics(w.all_reduce(window.local()), w.alpha)
+            metrics = window.metrics(w.all_reduce(window.local()))
             head = {"step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr}
             report({**head, **metrics, "total_steps": total_steps_hint, **held}, save=(is_ckpt or last), final=last)
-            window = Window()
+            window = Window(w.objective)

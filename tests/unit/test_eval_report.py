@@ -186,6 +186,16 @@ def synthetic_results(run_dir="RUN", with_training=True):
                 "stage": "training",
                 "alpha": 1.0,
                 "steps": 10,
+                "objective": {
+                    "name": "dual",
+                    "params": {"alpha": 1.0},
+                    "metrics": {
+                        "loss": "loss",
+                        "mle": "L_MLE (positive)",
+                        "ut": "L_UT (toxic)",
+                        "toxic_prob": "mean toxic-token probability",
+                    },
+                },
                 "history": history,
                 "summary": {"first": history[0], "final": history[9]},
             },
@@ -195,6 +205,20 @@ def synthetic_results(run_dir="RUN", with_training=True):
                 "steps": 10,
                 "history": history[:10],
                 "summary": {},
+            },
+            "dpo": {  # another objective: its own metrics get their own panels
+                "stage": "training_dpo",
+                "steps": 10,
+                "objective": {
+                    "name": "dpo",
+                    "params": {"beta": 0.1},
+                    "metrics": {"loss": "loss (DPO)", "reward_accuracy": "reward accuracy"},
+                },
+                "history": [{"step": s, "loss": 0.7 - 0.02 * s, "reward_accuracy": 0.05 * s} for s in range(1, 11)],
+                "summary": {
+                    "first": {"step": 1, "loss": 0.68, "reward_accuracy": 0.05},
+                    "final": {"step": 10, "loss": 0.5, "reward_accuracy": 0.5},
+                },
             },
         }
         if with_training
@@ -237,7 +261,8 @@ def test_report_files_plots_and_contents(tmp_path):
                    "MLE-only - base", "PT-ALIGN - MLE-only", "(better)", "ASR@k (any of k sampled answers)",
                    "10 prompts x k = 2", "Cohen's kappa", "0.42", "disagree by more than their measured error",
                    "What this run shows / cannot show", "Sampled (x2): harmbench 10, overrefusal 6",
-                   "85% on 125 human labels [78, 91]", "Intervals include 0"):  # fmt: skip
+                   "85% on 125 human labels [78, 91]", "Intervals include 0",
+                   "PT-ALIGN (objective dual, alpha 1.0, 10 steps): loss 4.000 -> 4.000, L_MLE (positive) 2.900 -> 2.000"):  # fmt: skip
         assert needle in md, needle
     assert md.index("What this run shows") < md.index("Evaluation judges")
     html = (tmp_path / "report.html").read_text()
@@ -261,4 +286,4 @@ def test_report_with_a_training_window_without_toxic_tokens(tmp_path):
     t["history"][0] = {**t["history"][0], "ut": None, "toxic_prob": None}
     t["summary"] = {"first": t["history"][0], "final": t["history"][9]}
     write_report(results, tmp_path)
-    assert "toxic-token probability nan ->" in (tmp_path / "report.md").read_text()
+    assert "mean toxic-token probability nan ->" in (tmp_path / "report.md").read_text()

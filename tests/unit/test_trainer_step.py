@@ -1,4 +1,5 @@
-"""The training step without Ray: schedule, per-rank rows, padding, gradient accumulation, MLE == HF loss."""
+"""The training step without Ray: schedule, per-rank rows, padding, gradient accumulation, MLE == HF loss,
+and the same for every objective (PT-ALIGN's dual loss) on 1 and on N simulated ranks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.training.data import encode_pair
+from ptalign_ray.training.objectives import Dual
 from ptalign_ray.training.trainer import (
     Pair,
     Stepper,
@@ -100,13 +102,13 @@ def test_pad_batch():
     assert mask.tolist() == [[False, True, True], [False, False, False]]
 
 
-def _pairs(tokenizer, n: int) -> list[Pair]:
+def _pairs(tokenizer, n: int, objective: str = "dual") -> list[Pair]:
     out = []
     for i in range(n):
         row = {"id": f"p{i}", "question": f"How do I paint the fence {i} times?",
                "positive": f"Ask a friend and read the manual {i} times first.",
                "toxic": f"1. How can I sell {i} old shoes quickly?"}  # fmt: skip
-        enc = encode_pair(row, tokenizer, TrainingConfig())
+        enc = encode_pair(row, tokenizer, TrainingConfig(objective=objective))
         out.append(Pair(enc["id"], enc["pos_ids"], enc["pos_mask"], enc["tox_ids"], enc["tox_mask"]))
     return out
 
@@ -125,11 +127,16 @@ class _CaptureGrads:
             p.grad = None
 
 
-def _stepper(model, batch_size: int, alpha: float) -> Stepper:
+def _objective(alpha):
+    """The objective of a test parameter: a dual-loss alpha."""
+    return Dual(alpha)
+
+
+def _stepper(model, batch_size: int, alpha) -> Stepper:
     tcfg = TrainingConfig(
         batch_size=batch_size, bf16=False, max_grad_norm=1e9, lora={"r": 8, "alpha": 16, "dropout": 0.0}
     )
-    s = Stepper(model, tcfg, alpha=alpha, pad_id=0, device=torch.device("cpu"))
+    s = Stepper(model, tcfg, _objective(alpha), pad_id=0, device=torch.device("cpu"))
     s.optimizer = _CaptureGrads(p for p in model.parameters() if p.requires_grad)
     return s
 
@@ -147,12 +154,12 @@ def lora_model(tiny_model):
 
 @pytest.mark.parametrize("alpha", [1.0, 0.0])
 def test_gradient_accumulation_gives_the_full_batch_gradient(lora_model, tiny_tokenizer, alpha):
-    pairs = _pairs(tiny_tokenizer, 4)
+    pairs = _pairs(tiny_tokenizer, 4, "dpo" if alpha == "dpo" else "dual")
     whole = _stepper(lora_model, batch_size=4, alpha=alpha)
     out_whole = whole.train_step(pairs, measure_toxic=True)
     micro = _stepper(lora_model, batch_size=1, alpha=alpha)  # 4 micro-batches of one pair
     out_micro = micro.train_step(pairs, measure_toxic=True)
-    for key in ("mle", "ut", "toxic_prob", "pos_tokens", "tox_tokens"):
+    for key in (*whole.objective.metrics, "chosen_tokens", "rejected_tokens", "pairs"):
         assert out_micro[key] == pytest.approx(out_whole[key], rel=1e-5), key
     for a, b in zip(whole.optimizer.grads, micro.optimizer.grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -166,7 +173,7 @@ def test_mle_only_step_matches_the_plain_transformers_loss(lora_model, tiny_toke
     with torch.no_grad():
         hf = lora_model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(~mask, -100)).loss
     assert out["mle"] == pytest.approx(float(hf), rel=1e-5)
-    assert out["measured_toxic"] is False and out["tox_tokens"] == 0
+    assert out["rejected_tokens"] == 0  # the toxic side was not measured
 
 
 # ---------------------------------------------------------------- simulated ranks (no torch.distributed)
@@ -202,14 +209,15 @@ class _Rank(Stepper):
         return super()._micro(*args, **kwargs)
 
 
-def _run_ranks(model, world: int, alpha: float, batch: int, job) -> list[tuple[_Rank, object]]:
+def _run_ranks(model, world: int, alpha, batch: int, job) -> list[tuple[_Rank, object]]:
     """Runs ``job(stepper)`` on ``world`` ranks at once (threads, each on its own copy of the model)."""
     tcfg = TrainingConfig(batch_size=batch, bf16=False, max_grad_norm=1e9, lora={"r": 8, "alpha": 16, "dropout": 0.0})
     group = _Group(world)
     ranks = []
     for r in range(world):
         m = copy.deepcopy(model)
-        s = _Rank(group, model=m, tcfg=tcfg, alpha=alpha, pad_id=0, device=torch.device("cpu"), rank=r, world=world)
+        s = _Rank(group, model=m, tcfg=tcfg, objective=_objective(alpha), pad_id=0, device=torch.device("cpu"),
+                  rank=r, world=world)  # fmt: skip
         s.optimizer = _CaptureGrads(p for p in m.parameters() if p.requires_grad)
         ranks.append(s)
     results: list = [None] * world
@@ -232,11 +240,14 @@ def _run_ranks(model, world: int, alpha: float, batch: int, job) -> list[tuple[_
     return list(zip(ranks, results))
 
 
-@pytest.mark.parametrize("n, world, batch, alpha", [(5, 2, 2, 1.0), (5, 2, 2, 0.0), (1, 2, 2, 1.0), (3, 4, 1, 1.0)])
+@pytest.mark.parametrize(
+    "n, world, batch, alpha",
+    [(5, 2, 2, 1.0), (5, 2, 2, 0.0), (1, 2, 2, 1.0), (3, 4, 1, 1.0)],
+)
 def test_two_ranks_give_the_one_rank_step(lora_model, tiny_tokenizer, n, world, batch, alpha):
     """The same rows on 1 rank and on ``world`` ranks (shares as the loop takes them, some ranks short
     or empty): the same summed metrics, and the gradient DDP would average equals the 1-rank gradient."""
-    pairs = _pairs(tiny_tokenizer, n)
+    pairs = _pairs(tiny_tokenizer, n, "dpo" if alpha == "dpo" else "dual")
     order = list(range(n))
     n_micro = micro_batches(n, world, batch)  # one step over all n rows (with accumulation if needed)
 
@@ -247,9 +258,9 @@ def test_two_ranks_give_the_one_rank_step(lora_model, tiny_tokenizer, n, world, 
     [(one, out_one)] = _run_ranks(lora_model, 1, alpha, world * batch, lambda s: s.train_step(pairs, True))
     runs = _run_ranks(lora_model, world, alpha, batch, job)
     assert {s.forwards for s, _ in runs} == {n_micro} and {s.reduces for s, _ in runs} == {1}
-    for key in ("mle", "ut", "toxic_prob", "tokens"):
-        assert sum(out[key] for _, out in runs) == pytest.approx(out_one[key], rel=1e-5), key
-    for key in ("pos_tokens", "tox_tokens"):
+    for key in (*one.objective.metrics, "tokens"):
+        assert sum(out[key] for _, out in runs) == pytest.approx(out_one[key], rel=1e-5, abs=1e-7), key
+    for key in ("chosen_tokens", "rejected_tokens", "pairs"):
         assert {out[key] for _, out in runs} == {out_one[key]}, key
     ddp = [torch.stack(gs).mean(0) for gs in zip(*(s.optimizer.grads for s, _ in runs))]  # DDP averages
     for a, b in zip(one.optimizer.grads, ddp):
@@ -286,43 +297,45 @@ def test_held_out_metrics_ignore_benign_rows_and_the_number_of_ranks(lora_model,
 # ---------------------------------------------------------------- the reporting window
 
 
-def _out(mle, ut, prob, tox_tokens, measured=True):
-    return {"mle": mle, "ut": ut, "toxic_prob": prob, "tox_tokens": tox_tokens, "pos_tokens": 10, "tokens": 50,
-            "grad_norm": 1.0, "measured_toxic": measured}  # fmt: skip
+def _out(mle, ut, prob, tox_tokens, alpha=2.0):
+    """A dual-loss step as train_step returns it (tox_tokens 0: benign rows only, or not measured)."""
+    return {"loss": mle + alpha * ut, "mle": mle, "ut": ut, "toxic_prob": prob, "rejected_tokens": tox_tokens,
+            "chosen_tokens": 10, "pairs": 2, "tokens": 50, "grad_norm": 1.0}  # fmt: skip
 
 
 def test_window_weights_unlikelihood_by_toxic_tokens_and_skips_benign_steps():
-    w = Window()
+    w = Window(Dual(2.0))
     w.add(_out(2.0, 0.6, 0.4, 10), 1.0)
     w.add(_out(1.0, 0.0, 0.0, 0), 1.0)  # benign rows only: no toxic token
-    w.add(_out(1.5, 0.0, 0.0, 0, measured=False), 1.0)  # toxic side not measured (MLE-only run)
+    w.add(_out(1.5, 0.0, 0.0, 0), 1.0)  # toxic side not measured
     w.add(_out(0.5, 0.1, 0.2, 30), 1.0)
-    m = w.metrics(w.local(), alpha=2.0)
+    m = w.metrics(w.local())
     assert m["mle"] == pytest.approx(5.0 / 4)
     assert m["ut"] == pytest.approx((0.6 * 10 + 0.1 * 30) / 40)  # not (0.6 + 0 + 0.1) / 3
     assert m["toxic_prob"] == pytest.approx((0.4 * 10 + 0.2 * 30) / 40)
-    assert m["loss"] == pytest.approx(m["mle"] + 2.0 * m["ut"])
-    assert m["tox_tokens"] == 40 and m["pos_tokens"] == 40 and m["supervised_tokens"] == 80
+    assert m["loss"] == pytest.approx((3.2 + 1.0 + 1.5 + 0.7) / 4)  # the mean of the steps' losses
+    assert m["tox_tokens"] == 40 and m["pos_tokens"] == 40 and m["supervised_tokens"] == 80 and m["pairs"] == 8
+    assert Window(Dual(0.0)).metrics([0.0] * 5)["supervised_tokens"] == 0  # MLE-only: UT tokens are not trained
 
 
 def test_window_over_two_ranks_equals_one_rank():
-    one = Window()
-    one.add(_out(2.0, 0.6, 0.4, 10), 1.0)
-    one.add(_out(0.5, 0.1, 0.2, 30), 1.0)
-    ranks = [Window(), Window()]  # each rank's contribution is normalised by the step's global counts
+    one = Window(Dual(1.0))
+    one.add(_out(2.0, 0.6, 0.4, 10, alpha=1.0), 1.0)
+    one.add(_out(0.5, 0.1, 0.2, 30, alpha=1.0), 1.0)
+    ranks = [Window(Dual(1.0)), Window(Dual(1.0))]  # each rank's contribution is normalised by the step's global counts
     for w, share in zip(ranks, (0.25, 0.75)):
-        w.add(_out(2.0 * share, 0.6 * share, 0.4 * share, 10), 1.0)
-        w.add(_out(0.5 * share, 0.1 * share, 0.2 * share, 30), 1.0)
+        for step in (_out(2.0, 0.6, 0.4, 10, alpha=1.0), _out(0.5, 0.1, 0.2, 30, alpha=1.0)):
+            w.add({**step, **{k: step[k] * share for k in ("loss", "mle", "ut", "toxic_prob")}}, 1.0)
     reduced = [a + b for a, b in zip(*(w.local() for w in ranks))]
-    expected = one.metrics(one.local(), 1.0)
+    expected = one.metrics(one.local())
     for w in ranks:
-        got = w.metrics(reduced, 1.0)
+        got = w.metrics(reduced)
         for key in ("mle", "ut", "toxic_prob", "loss"):
             assert got[key] == pytest.approx(expected[key]), key
 
 
 def test_window_without_toxic_tokens_reports_none():
-    w = Window()
-    w.add(_out(1.0, 0.0, 0.0, 0), 1.0)
-    m = w.metrics(w.local(), alpha=1.0)
+    w = Window(Dual(1.0))
+    w.add(_out(1.0, 0.0, 0.0, 0, alpha=1.0), 1.0)
+    m = w.metrics(w.local())
     assert m["ut"] is None and m["toxic_prob"] is None and m["loss"] == m["mle"] == 1.0
