@@ -296,9 +296,13 @@ class TrainingConfig(_Section):
     objective: str = Field(
         "dual",
         description="Objective of the main 'ptalign' model (registry in ptalign_ray/training/objectives.py): "
-        "'dual' = PT-ALIGN's L_MLE + alpha * L_UT.",
+        "'dual' = PT-ALIGN's L_MLE + alpha * L_UT; 'dpo' = sigmoid DPO on (positive, toxic) pairs, reference = "
+        "the base model (LoRA adapter off).",
     )
     alpha: float = Field(1.0, ge=0.0, description="Weight of the unlikelihood term; 0 = MLE-only ablation.")
+    dpo_beta: float = Field(
+        0.1, gt=0.0, description="DPO's beta: scale of the implicit reward log(pi / pi_ref) (objective 'dpo')."
+    )
     mask_mode: Literal["diff", "all", "judge"] = Field(
         "diff",
         description="Toxic tokens that get the UT penalty: 'diff' = those not in the positive answer, 'all' = every "
@@ -392,6 +396,22 @@ class TrainingConfig(_Section):
         if value not in OBJECTIVES:
             raise ValueError(f"unknown training objective {value!r}; registered: {sorted(OBJECTIVES)}")
         return value
+
+    @model_validator(mode="after")
+    def _reference_needs_lora(self) -> "TrainingConfig":
+        """DPO's reference model is the base weights with the LoRA adapter off: no adapter, no reference."""
+        if self.lora.enabled:
+            return self
+        from ptalign_ray.training.objectives import OBJECTIVES
+
+        used = [("objective", self.objective)]
+        for field, name in used:
+            if OBJECTIVES[name].uses_reference:
+                raise ValueError(
+                    f"training.{field} trains objective {name!r}, whose reference model is the base model with the "
+                    "LoRA adapter switched off: it needs training.lora.enabled: true"
+                )
+        return self
 
     @field_validator("mix")
     @classmethod

@@ -14,6 +14,11 @@ sample id. Some samples are dropped on purpose and counted instead:
   is dropped (not just the UT half) so every training row carries both halves of the objective.
 - ``dropped_overlong``: a sequence is longer than ``max_seq_len`` and ``overlong == 'drop'``.
 - ``dropped_truncated_empty``: ``overlong == 'truncate'`` cut away every supervised token of a side.
+- ``dropped_no_rejected``: the objective trains on pairs only (``Objective.pairs_only``, e.g. DPO)
+  and the row has no rejected answer (a benign answer without a refusal, a recovery row).
+
+What the toxic (rejected) mask covers is the objective's choice (``Objective.rejected_mask``): the
+unlikelihood mask of ``training.mask_mode`` for PT-ALIGN, every response token for DPO.
 
 Benign rows (the model's own answers to benign and everyday questions, from the stage's ``benign/``
 folder) anchor the helpful behaviour next to the refusals with MLE. With
@@ -42,11 +47,12 @@ from ptalign_ray.chat_template import TemplateError, encode_example, load_tokeni
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.runs import RunDir
 from ptalign_ray.training.masks import MaskError, check_example, mle_targets, ut_targets
+from ptalign_ray.training.objectives import OBJECTIVES
 
 SOURCE_STAGES = ("refinement", "synthesis")  # preferred first
 REQUIRED_COLUMNS = ("id", "question", "positive", "toxic")
 JUDGE_SPANS_COLUMN = "toxic_harmful_spans"
-DROP_REASONS = ("dropped_empty_ut", "dropped_overlong", "dropped_truncated_empty")
+DROP_REASONS = ("dropped_empty_ut", "dropped_overlong", "dropped_truncated_empty", "dropped_no_rejected")
 # Columns of an encoded row that the workers read.
 TRAIN_COLUMNS = ["id", "pos_ids", "pos_mask", "tox_ids", "tox_mask"]
 RECOVERY = "recovery"
@@ -122,11 +128,14 @@ def encode_pair(
     """
     sid = str(row["id"])
     specials = special_ids(tokenizer) if specials is None else specials
+    objective = OBJECTIVES[tcfg.objective]
     prompt = training_prompt(str(row["question"]))
     toxic = row.get("toxic")
     if row.get("kind") == RECOVERY or (
         row.get("kind") in MLE_ONLY_KINDS and not (isinstance(toxic, str) and toxic.strip())
     ):
+        if objective.pairs_only:
+            return {"id": sid, "status": "dropped_no_rejected", "pos_truncated": False, "tox_truncated": False}
         prefix = str(row.get("prefix") or "") if row.get("kind") == RECOVERY else ""
         return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials, prefix)
     # a red-team pair, or a benign question with a refusal-primed answer as its toxic side
@@ -138,12 +147,14 @@ def encode_pair(
     _check_response_span(sid, "positive", pos, specials, tokenizer)
     _check_response_span(sid, "toxic", tox, specials, tokenizer)
 
+    out: dict[str, Any] = {"id": sid, "status": "ok", "pos_truncated": False, "tox_truncated": False}
+    pos_mask = mle_targets(pos)
+    if objective.rejected_mask == "response":  # the whole rejected answer, like the chosen one
+        return _finish_pair(sid, out, pos.input_ids, pos_mask, tox.input_ids, mle_targets(tox), tcfg, specials, True)
     spans = None
     if tcfg.mask_mode == "judge":
         raw = row.get(JUDGE_SPANS_COLUMN)  # a list, or a numpy array of pairs when read from Parquet
         spans = [] if raw is None else [(int(s[0]), int(s[1])) for s in raw]
-    out: dict[str, Any] = {"id": sid, "status": "ok", "pos_truncated": False, "tox_truncated": False}
-    pos_mask = mle_targets(pos)
     if tcfg.mask_mode == "judge" and not spans:
         return {**out, "status": "dropped_empty_ut"}
     try:
@@ -161,8 +172,14 @@ def encode_pair(
         if row.get("kind") in MLE_ONLY_KINDS:  # a benign answer stays in the anchor without its refusal
             return _encode_benign(sid, prompt, str(row["positive"]), tokenizer, tcfg, specials)
         return {**out, "status": "dropped_empty_ut"}
+    return _finish_pair(sid, out, pos.input_ids, pos_mask, tox.input_ids, tox_mask, tcfg, specials, False)
 
-    pos_ids, tox_ids = pos.input_ids, tox.input_ids
+
+def _finish_pair(
+    sid: str, out: dict, pos_ids, pos_mask, tox_ids, tox_mask, tcfg, specials, whole_rejected: bool
+) -> dict:
+    """Over-long handling and the mask checks of a pair. ``whole_rejected``: the rejected mask is the
+    whole response with its end-of-turn (checked like an MLE mask), else a UT mask (no special token)."""
     if max(len(pos_ids), len(tox_ids)) > tcfg.max_seq_len:
         if tcfg.overlong == "drop":
             return {**out, "status": "dropped_overlong"}
@@ -173,7 +190,10 @@ def encode_pair(
 
     try:
         check_example(sid, pos_ids, mle_mask=pos_mask)
-        check_example(sid, tox_ids, ut_mask=tox_mask, special_ids=specials)
+        if whole_rejected:
+            check_example(sid, tox_ids, mle_mask=tox_mask)
+        else:
+            check_example(sid, tox_ids, ut_mask=tox_mask, special_ids=specials)
     except MaskError as err:
         raise TrainingDataError(str(err)) from None
     return {

@@ -27,7 +27,7 @@ from typing import ClassVar, Literal, Optional, Protocol
 
 import torch
 
-from ptalign_ray.training.loss import dual_loss
+from ptalign_ray.training.loss import Count, as_count, check_count, dual_loss
 
 
 @dataclass
@@ -119,7 +119,91 @@ class Dual:
         return out.loss, {"loss": out.loss.detach(), "mle": out.mle, "ut": out.ut, "toxic_prob": out.toxic_prob_mean}
 
 
-OBJECTIVES: dict[str, type] = {"dual": Dual}
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    pairs_global: Count,
+    valid: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sigmoid DPO (Rafailov et al. 2023; TRL ``loss_type="sigmoid"`` without label smoothing) for one shard.
+
+    Inputs are summed response log-probs per pair [B] under the policy and the reference.
+    logits = (chosen - ref_chosen) - (rejected - ref_rejected); loss = -logsigmoid(beta * logits),
+    summed over the ``valid`` pairs of this shard and divided by ``pairs_global`` (the pairs of the
+    whole step across workers), so the contributions of every shard add up to the mean over all pairs.
+    Rewards are TRL's: beta * (policy - reference) log-prob, detached.
+    """
+    if not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    valid = torch.ones_like(chosen, dtype=torch.bool) if valid is None else valid.bool()
+    denom = check_count(int(valid.sum().item()), as_count(pairs_global, "pairs_global"), "pairs")
+    chosen_logratio = chosen.float() - ref_chosen.float()
+    rejected_logratio = rejected.float() - ref_rejected.float()
+    losses = -torch.nn.functional.logsigmoid(beta * (chosen_logratio - rejected_logratio))
+    zero = torch.zeros_like(losses)
+    loss = torch.where(valid, losses, zero).sum() / denom
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(valid, x, zero).sum() / denom
+
+    with torch.no_grad():
+        chosen_reward = beta * chosen_logratio.detach()
+        rejected_reward = beta * rejected_logratio.detach()
+        metrics = {
+            "loss": loss.detach(),
+            "reward_accuracy": mean((chosen_reward > rejected_reward).float()),
+            "reward_margin": mean(chosen_reward - rejected_reward),
+            "chosen_reward": mean(chosen_reward),
+            "rejected_reward": mean(rejected_reward),
+        }
+    return loss, metrics
+
+
+class Dpo:
+    """Direct preference optimisation: chosen = the positive answer, rejected = the toxic one.
+
+    The reference model is the policy's base weights (LoRA adapter off), so no second model is held.
+    Rows without a rejected answer cannot be pairs and are dropped when the data is prepared. Also
+    reports L_MLE of the chosen side (not trained), comparable with PT-ALIGN's.
+    """
+
+    name = "dpo"
+    metrics = {"loss": "loss (DPO)", "reward_accuracy": "reward accuracy (chosen > rejected)",
+               "reward_margin": "reward margin (chosen - rejected)", "chosen_reward": "chosen reward",
+               "rejected_reward": "rejected reward", "mle": "L_MLE (positive)"}  # fmt: skip
+    weights = {k: "pairs" for k in metrics if k != "mle"}
+    rejected_mask = "response"
+    pairs_only = True
+    uses_reference = True
+    trains_rejected = True
+    config_fields = ("dpo_beta",)
+
+    def __init__(self, beta: float = 0.1):
+        if not math.isfinite(beta) or beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta = float(beta)
+        self.params = {"beta": self.beta}
+
+    @classmethod
+    def from_config(cls, tcfg) -> "Dpo":
+        return cls(tcfg.dpo_beta)
+
+    def __call__(self, batch: Batch, counts: Counts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if batch.ref_chosen is None or batch.ref_rejected is None:
+            raise ValueError("the DPO objective needs the reference log-probs (Batch.ref_chosen / ref_rejected)")
+        valid = batch.chosen_mask.any(-1) & batch.rejected_mask.any(-1)
+        chosen = sequence_logps(batch.chosen_logp, batch.chosen_mask)
+        rejected = sequence_logps(batch.rejected_logp, batch.rejected_mask)
+        loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen, batch.ref_rejected, self.beta, counts.pairs, valid)
+        with torch.no_grad():
+            metrics["mle"] = -chosen.detach().sum() / max(counts.chosen_tokens, 1.0)
+        return loss, metrics
+
+
+OBJECTIVES: dict[str, type] = {"dual": Dual, "dpo": Dpo}
 
 
 def build_objective(tcfg) -> Objective:

@@ -151,7 +151,8 @@ def train_stage(
     log(
         f"[{stage}] {s['train_pairs']} training / {s['holdout_pairs']} held-out pairs, "
         f"{s['train_benign']} / {s['holdout_benign']} benign answers; dropped: "
-        f"{s['dropped_empty_ut']} empty UT mask ({tcfg.mask_mode}), {s['dropped_overlong']} over-long, "
+        f"{s['dropped_empty_ut']} empty UT mask ({tcfg.mask_mode}), {s['dropped_no_rejected']} without a rejected "
+        f"answer ({objective.name}), {s['dropped_overlong']} over-long, "
         f"{s['dropped_truncated_empty']} empty after truncation; truncated: {s['truncated_positive']} positive, "
         f"{s['truncated_toxic']} toxic"
     )

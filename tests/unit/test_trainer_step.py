@@ -1,5 +1,5 @@
 """The training step without Ray: schedule, per-rank rows, padding, gradient accumulation, MLE == HF loss,
-and the same for every objective (PT-ALIGN's dual loss) on 1 and on N simulated ranks."""
+and the same for every objective (PT-ALIGN's dual loss, DPO) on 1 and on N simulated ranks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from ptalign_ray.config import TrainingConfig
 from ptalign_ray.training.data import encode_pair
-from ptalign_ray.training.objectives import Dual
+from ptalign_ray.training.objectives import Dpo, Dual
 from ptalign_ray.training.trainer import (
     Pair,
     Stepper,
@@ -128,8 +128,8 @@ class _CaptureGrads:
 
 
 def _objective(alpha):
-    """The objective of a test parameter: a dual-loss alpha."""
-    return Dual(alpha)
+    """An objective from a test parameter: a dual-loss alpha, or "dpo"."""
+    return Dpo(beta=0.5) if alpha == "dpo" else Dual(alpha)
 
 
 def _stepper(model, batch_size: int, alpha) -> Stepper:
@@ -152,7 +152,7 @@ def lora_model(tiny_model):
     return model
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.0])
+@pytest.mark.parametrize("alpha", [1.0, 0.0, "dpo"])
 def test_gradient_accumulation_gives_the_full_batch_gradient(lora_model, tiny_tokenizer, alpha):
     pairs = _pairs(tiny_tokenizer, 4, "dpo" if alpha == "dpo" else "dual")
     whole = _stepper(lora_model, batch_size=4, alpha=alpha)
@@ -174,6 +174,32 @@ def test_mle_only_step_matches_the_plain_transformers_loss(lora_model, tiny_toke
         hf = lora_model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(~mask, -100)).loss
     assert out["mle"] == pytest.approx(float(hf), rel=1e-5)
     assert out["rejected_tokens"] == 0  # the toxic side was not measured
+
+
+def test_dpo_reference_is_the_base_model_with_the_adapter_off(lora_model, tiny_model, tiny_tokenizer):
+    """The reference log-probs come from the policy with its LoRA adapter disabled: exactly the base
+    model's, while the adapter (non-zero here) stays on for the policy's own forward."""
+    from transformers import AutoModelForCausalLM
+
+    from ptalign_ray.training.loss import next_token_logprobs, shift_mask
+    from ptalign_ray.training.objectives import sequence_logps
+
+    pairs = _pairs(tiny_tokenizer, 3, "dpo")
+    ids, attn, mask = pad_batch([p.pos_ids for p in pairs] + [p.tox_ids for p in pairs],
+                                [p.pos_mask for p in pairs] + [p.tox_mask for p in pairs], pad_id=0)  # fmt: skip
+
+    def seq_logps(model) -> torch.Tensor:
+        with torch.no_grad():
+            return sequence_logps(
+                next_token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids), shift_mask(mask)
+            )
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    ref_chosen, ref_rejected = _stepper(lora_model, 3, "dpo").reference_logps(pairs)
+    expected = seq_logps(base)
+    assert torch.allclose(torch.cat([ref_chosen, ref_rejected]), expected, atol=1e-5)
+    policy = seq_logps(lora_model)  # the adapter is back on after the reference pass
+    assert (policy - expected).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------- simulated ranks (no torch.distributed)
@@ -242,11 +268,12 @@ def _run_ranks(model, world: int, alpha, batch: int, job) -> list[tuple[_Rank, o
 
 @pytest.mark.parametrize(
     "n, world, batch, alpha",
-    [(5, 2, 2, 1.0), (5, 2, 2, 0.0), (1, 2, 2, 1.0), (3, 4, 1, 1.0)],
+    [(5, 2, 2, 1.0), (5, 2, 2, 0.0), (1, 2, 2, 1.0), (3, 4, 1, 1.0), (5, 2, 2, "dpo"), (3, 4, 1, "dpo")],
 )
 def test_two_ranks_give_the_one_rank_step(lora_model, tiny_tokenizer, n, world, batch, alpha):
     """The same rows on 1 rank and on ``world`` ranks (shares as the loop takes them, some ranks short
-    or empty): the same summed metrics, and the gradient DDP would average equals the 1-rank gradient."""
+    or empty): the same summed metrics, and the gradient DDP would average equals the 1-rank gradient.
+    For DPO that means the loss is normalised by the pairs of the whole step, not of one rank."""
     pairs = _pairs(tiny_tokenizer, n, "dpo" if alpha == "dpo" else "dual")
     order = list(range(n))
     n_micro = micro_batches(n, world, batch)  # one step over all n rows (with accumulation if needed)
@@ -339,3 +366,16 @@ def test_window_without_toxic_tokens_reports_none():
     w.add(_out(1.0, 0.0, 0.0, 0, alpha=1.0), 1.0)
     m = w.metrics(w.local())
     assert m["ut"] is None and m["toxic_prob"] is None and m["loss"] == m["mle"] == 1.0
+
+
+def test_window_reports_whatever_the_objective_returns():
+    w = Window(Dpo(0.1))
+    step = {"loss": 0.6, "reward_accuracy": 0.5, "reward_margin": 0.2, "chosen_reward": 0.1, "rejected_reward": -0.1,
+            "mle": 3.0, "chosen_tokens": 40, "rejected_tokens": 50, "pairs": 4, "tokens": 200, "grad_norm": 1.0}  # fmt: skip
+    w.add(step, 1.0)
+    w.add({**step, "loss": 0.4, "reward_accuracy": 1.0, "pairs": 12}, 1.0)
+    m = w.metrics(w.local())
+    assert set(Dpo.metrics) <= set(m) and "ut" not in m
+    assert m["loss"] == pytest.approx((0.6 * 4 + 0.4 * 12) / 16)  # weighted by pairs
+    assert m["reward_accuracy"] == pytest.approx((0.5 * 4 + 1.0 * 12) / 16)
+    assert m["supervised_tokens"] == 180 and m["pairs"] == 16

@@ -250,3 +250,26 @@ def test_benign_row_with_a_refusal_gets_ut_on_the_refusal_and_mle_on_the_answer(
     for toxic in (None, "", POSITIVE):
         plain = td.encode_pair(_row(kind="everyday", toxic=toxic), tiny_tokenizer, TrainingConfig())
         assert plain["status"] == "ok" and sum(plain["tox_mask"]) == 0
+
+
+def test_dpo_pairs_cover_whole_responses_and_rows_without_a_rejected_answer_are_dropped(tiny_tokenizer):
+    tcfg = TrainingConfig(objective="dpo", ut_skip_openings=True)
+    enc = td.encode_pair(_row(toxic="Sure! " + TOXIC), tiny_tokenizer, tcfg, toxic_openings=("Sure!",))
+    assert enc["status"] == "ok"
+    # chosen and rejected: every response token and the end-of-turn, the opening included (no UT mask)
+    for ids, mask, text in (
+        (enc["pos_ids"], enc["pos_mask"], POSITIVE),
+        (enc["tox_ids"], enc["tox_mask"], "Sure! " + TOXIC),
+    ):
+        on = _on(mask)
+        assert on == list(range(on[0], on[-1] + 1)) and tiny_tokenizer.decode(ids[on[0] : on[-1]]) == text
+        assert ids[on[-1]] == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert td.encode_pair(_row(toxic=POSITIVE), tiny_tokenizer, tcfg)["status"] == "ok"  # no diff mask to empty
+    refusal = td.encode_pair(_row(kind="everyday", toxic="I can't help with roofs."), tiny_tokenizer, tcfg)
+    assert refusal["status"] == "ok" and sum(refusal["tox_mask"]) > 0  # a helpful answer over its refusal
+    frame = pd.DataFrame([_row(id="a"), _row(id="b", kind=td.BENIGN, toxic=None),
+                          _row(id="c", kind=td.RECOVERY, toxic=None, prefix="Climb up")])  # fmt: skip
+    stats = td.check_encoded(td.encode_frame(frame, tiny_tokenizer, tcfg), len(frame))
+    assert stats["kept"] == 1 and stats["dropped_no_rejected"] == 2 and stats["train_pairs"] == 1
+    dual = td.check_encoded(td.encode_frame(frame, tiny_tokenizer, TrainingConfig()), len(frame))
+    assert dual["kept"] == 3 and dual["dropped_no_rejected"] == 0  # the dual loss keeps them for MLE
