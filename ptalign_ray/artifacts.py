@@ -86,6 +86,7 @@ VARIANTS = {
     "ptalign": Variant("ptalign", "training", "PT-ALIGN", "ptalign"),
     "mle_only": Variant("mle_only", "training_mle_only", "MLE-only", "mle-only",
                         {"objective": "dual", "alpha": 0.0}, switch="ablation_mle_only"),
+    "dpo": Variant("dpo", "training_dpo", "DPO", "dpo", {"objective": "dpo"}, switch="ablation_dpo"),
 }  # fmt: skip
 MODEL_LABELS = {"base": "base", **{v.name: v.label for v in VARIANTS.values()}}
 

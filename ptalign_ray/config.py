@@ -309,6 +309,11 @@ class TrainingConfig(_Section):
         "response token, 'judge' = spans in a 'toxic_harmful_spans' dataset column (no shipped judge writes one).",
     )
     ablation_mle_only: bool = Field(True, description="Also train the MLE-only ablation for the report.")
+    ablation_dpo: bool = Field(
+        False,
+        description="Also train a DPO model on the same pairs (RUN/training_dpo) for the report's comparison; off by "
+        "default (one more training run: it does not fit the CPU default's time budget).",
+    )
     mix: Optional[dict[Literal["red_team", "benign", "everyday"], float]] = Field(
         None,
         description="Shares of red-team pairs, edgy benign answers and everyday answers among the training rows, "
@@ -404,7 +409,7 @@ class TrainingConfig(_Section):
             return self
         from ptalign_ray.training.objectives import OBJECTIVES
 
-        used = [("objective", self.objective)]
+        used = [("objective", self.objective)] + ([("ablation_dpo", "dpo")] if self.ablation_dpo else [])
         for field, name in used:
             if OBJECTIVES[name].uses_reference:
                 raise ValueError(
@@ -424,14 +429,15 @@ class TrainingConfig(_Section):
         return {k: v / total for k, v in value.items()}
 
 
-ServedModel = Literal["base", "ptalign", "mle_only"]
+ServedModel = Literal["base", "ptalign", "mle_only", "dpo"]
 
 
 class ServingConfig(_Section):
     """OpenAI-compatible serving of the aligned model next to the judge (`ptalign serve`).
 
     Public model names: the base model under ``base_model_name`` (default: derived from
-    ``model.name_or_path``), the PT-ALIGN model as ``ptalign``, the MLE-only ablation as ``mle-only``.
+    ``model.name_or_path``), the PT-ALIGN model as ``ptalign``, the MLE-only ablation as ``mle-only``,
+    the DPO comparison model as ``dpo``.
     """
 
     host: str = Field("127.0.0.1", description="Bind address; anything beyond loopback is an explicit choice.")
@@ -444,7 +450,8 @@ class ServingConfig(_Section):
     )
     models: list[ServedModel] = Field(
         ["ptalign"],
-        description="Models to serve: base, ptalign (RUN/training), mle_only (RUN/training_mle_only). In 'merged' "
+        description="Models to serve: base, ptalign (RUN/training), mle_only (RUN/training_mle_only), dpo "
+        "(RUN/training_dpo). In 'merged' "
         "mode each one is its own engine; in 'lora' mode they share one.",
     )
     base_model_name: Optional[str] = Field(
@@ -487,7 +494,7 @@ class ServingConfig(_Section):
     @classmethod
     def _models(cls, value: list) -> list:
         if not value:
-            raise ValueError("list at least one model to serve (base, ptalign, mle_only)")
+            raise ValueError("list at least one model to serve (base, ptalign, mle_only, dpo)")
         dupes = sorted({v for v in value if value.count(v) > 1})
         if dupes:
             raise ValueError(f"listed more than once: {dupes}")
@@ -496,7 +503,7 @@ class ServingConfig(_Section):
     @field_validator("base_model_name")
     @classmethod
     def _base_name(cls, value: Optional[str]) -> Optional[str]:
-        if value in ("ptalign", "mle-only"):
+        if value in ("ptalign", "mle-only", "dpo"):
             raise ValueError(f"{value!r} is the name of a trained model; pick another base_model_name")
         return value
 
@@ -518,7 +525,7 @@ class ServingConfig(_Section):
         return self
 
 
-EvalModel = Literal["base", "mle_only", "ptalign"]
+EvalModel = Literal["base", "mle_only", "dpo", "ptalign"]
 
 
 def _packaged_set(name: str) -> str:
@@ -570,7 +577,7 @@ class SampledEvalConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """External prompt sets the base, MLE-only and aligned models are compared on.
+    """External prompt sets the base, MLE-only, DPO and aligned models are compared on.
 
     User prompt files (``user_prompt_files``; a plain string is short for ``{path: ..., kind: mixed}``):
 
@@ -590,9 +597,10 @@ class EvaluationConfig(_Section):
     )
 
     models: list[EvalModel] = Field(
-        ["base", "mle_only", "ptalign"],
-        description="Models compared: base (the policy model), mle_only (RUN/training_mle_only/merged), ptalign "
-        "(RUN/training/merged). A trained model that is not in the run directory is skipped and the report says so.",
+        ["base", "mle_only", "dpo", "ptalign"],
+        description="Models compared: base (the policy model), mle_only (RUN/training_mle_only/merged), dpo "
+        "(RUN/training_dpo/merged, with training.ablation_dpo), ptalign (RUN/training/merged). A trained model that "
+        "is not in the run directory is skipped and the report says so. Paired differences are later minus earlier.",
     )
     max_prompts_per_set: Optional[PositiveInt] = Field(None, description="Seeded sample per set; None = all.")
     prompts_per_set: dict[str, PositiveInt] = Field(
@@ -711,7 +719,7 @@ class PipelineConfig(_Section):
         ServingConfig(), description="OpenAI-compatible serving of the trained models and the judge (`ptalign serve`)."
     )
     evaluation: EvaluationConfig = Field(
-        EvaluationConfig(), description="Comparison of the base, MLE-only and PT-ALIGN models on prompt sets."
+        EvaluationConfig(), description="Comparison of the base, MLE-only, DPO and PT-ALIGN models on prompt sets."
     )
     ray: RayConfig = Field(RayConfig(), description="How the driver starts or joins Ray.")
 

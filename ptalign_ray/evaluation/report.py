@@ -19,7 +19,7 @@ from ptalign_ray.evaluation.metrics import DEFINITIONS, HIGHER_IS_BETTER
 from ptalign_ray.runs import write_json_atomic
 
 LABELS = MODEL_LABELS
-COLORS = {"base": "#8c8c8c", "mle_only": "#4c9be8", "ptalign": "#e8744c"}
+COLORS = {"base": "#8c8c8c", "mle_only": "#4c9be8", "dpo": "#8e5cc2", "ptalign": "#e8744c"}
 METRIC_NAMES = {
     "attack_success_rate": "attack success rate",
     "harmful_refusal_rate": "refusal rate (harmful)",
@@ -221,6 +221,9 @@ def shows_and_limits(results: dict) -> list[str]:
     else:
         out.append("**PT-ALIGN vs MLE-only** cannot be compared: " + ", ".join(
             m for m in ("ptalign", "mle_only") if m not in models) + " not evaluated.")  # fmt: skip
+    if "ptalign" in models and "dpo" in models:
+        out.append(_versus(met, "dpo", "**PT-ALIGN vs DPO** (token-level unlikelihood vs sequence-level preference on "
+                                       "the same pairs): "))  # fmt: skip
     dis = (results.get("judge_comparison") or {}).get("disagreements") or []
     out.append(f"**Judges.** {len(dis)} greedy rate(s) differ between the headline judge and another judge by more "
                "than their combined error (listed under Evaluation judges)." if dis else

@@ -15,7 +15,8 @@
    atomically into ``RUN/evaluation/``.
 
 Evaluated models: ``base`` = the policy model, ``mle_only`` = ``RUN/training_mle_only/merged``,
-``ptalign`` = ``RUN/training/merged`` (merged weights: run-time LoRA is 4.5x slower on vLLM-CPU).
+``dpo`` = ``RUN/training_dpo/merged``, ``ptalign`` = ``RUN/training/merged`` (merged weights: run-time
+LoRA is 4.5x slower on vLLM-CPU); a listed trained model without its stage is skipped and reported.
 Harmful prompts and the answers to them stay in ``data/generations.parquet``; logs and the report
 carry counts, ids and categories only.
 """

@@ -2,8 +2,8 @@
 
 A variant (``artifacts.VARIANTS``) is the training section with the variant's overrides: ``ptalign``
 trains ``training.objective`` (PT-ALIGN's dual loss by default), ``mle_only`` the dual loss with
-alpha 0. Layout of a finished stage (``training/`` for PT-ALIGN, ``training_mle_only/`` for the
-ablation)::
+alpha 0, ``dpo`` the DPO objective. Layout of a finished stage (``training/`` for PT-ALIGN,
+``training_mle_only/`` and ``training_dpo/`` for the comparison models)::
 
     adapter/        peft LoRA adapter (loads into vLLM's LoRA support); absent for full fine-tuning
     merged/         merged weights + tokenizer (optional; the full model for full fine-tuning)
@@ -31,7 +31,7 @@ from ptalign_ray.config import PipelineConfig, TrainingConfig
 from ptalign_ray.runs import MANIFEST, RunDir, StageConfigMismatch, finished_stage, versions, write_json_atomic  # noqa: F401
 
 # Fields that change how a run is operated, not what it learns: a restart may change them.
-_OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only")
+_OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only", "ablation_dpo")
 FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
 
 

@@ -262,7 +262,8 @@ def test_report_files_plots_and_contents(tmp_path):
                    "10 prompts x k = 2", "Cohen's kappa", "0.42", "disagree by more than their measured error",
                    "What this run shows / cannot show", "Sampled (x2): harmbench 10, overrefusal 6",
                    "85% on 125 human labels [78, 91]", "Intervals include 0",
-                   "PT-ALIGN (objective dual, alpha 1.0, 10 steps): loss 4.000 -> 4.000, L_MLE (positive) 2.900 -> 2.000"):  # fmt: skip
+                   "PT-ALIGN (objective dual, alpha 1.0, 10 steps): loss 4.000 -> 4.000, L_MLE (positive) 2.900 -> 2.000",
+                   "DPO (objective dpo, beta 0.1, 10 steps): loss (DPO) 0.680 -> 0.500, reward accuracy 0.050 -> 0.500"):  # fmt: skip
         assert needle in md, needle
     assert md.index("What this run shows") < md.index("Evaluation judges")
     html = (tmp_path / "report.html").read_text()

@@ -115,7 +115,7 @@ def test_registry_and_config():
     assert TrainingConfig().objective == "dual" and isinstance(build_objective(TrainingConfig()), Dual)
     dpo = build_objective(TrainingConfig(objective="dpo", dpo_beta=0.3))
     assert isinstance(dpo, Dpo) and dpo.params == {"beta": 0.3}
-    assert TrainingConfig().dpo_beta == 0.1
+    assert TrainingConfig().dpo_beta == 0.1 and TrainingConfig().ablation_dpo is False
 
 
 @pytest.mark.parametrize(
@@ -127,6 +127,7 @@ def test_registry_and_config():
         ),
         ({"dpo_beta": 0}, r"training\.dpo_beta: .*greater than 0"),
         ({"objective": "dpo", "lora": {"enabled": False}}, r"training\.objective .*'dpo'.*training\.lora\.enabled"),
+        ({"ablation_dpo": True, "lora": {"enabled": False}}, r"training\.ablation_dpo .*training\.lora\.enabled"),
     ],
 )
 def test_bad_objective_config_names_the_field(training, message):

@@ -63,6 +63,18 @@ def test_merged_mode_one_engine_per_model(tmp_path):
     assert plan.kinds == {"ptalign": "merged", "org/base-model": "base"}
 
 
+def test_the_dpo_model_is_served_like_the_other_variants(tmp_path):
+    _stage(tmp_path, "training", "org/base-model")
+    _stage(tmp_path, "training_dpo", "org/base-model")
+    merged = plan_serving(_cfg(models=["ptalign", "dpo"]), tmp_path, "/models/base")
+    assert [e.model_id for e in merged.engines] == ["ptalign", "dpo"] and merged.kinds["dpo"] == "merged"
+    assert merged.engines[1].weights == str((tmp_path / "training_dpo" / "merged").resolve())
+    lora = plan_serving(_cfg(mode="lora", models=["dpo"]), tmp_path, "/models/base")
+    assert [a[0] for a in lora.engines[0].adapters] == ["dpo"] and lora.routes["dpo"] == "org/base-model"
+    with pytest.raises(ServingPlanError, match="training.ablation_dpo"):
+        plan_serving(_cfg(models=["dpo"]), tmp_path / "empty", "/m")
+
+
 def test_missing_or_mismatched_training_is_an_error_that_says_what_to_do(tmp_path):
     with pytest.raises(ServingPlanError, match="ptalign train"):
         plan_serving(_cfg(), tmp_path, "/m")
