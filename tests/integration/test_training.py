@@ -8,6 +8,7 @@ the "positive" side is a short sentence the model has never seen.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -139,6 +140,28 @@ def test_mle_only_ablation_trains_into_its_own_stage_and_keeps_toxic_tokens_like
     assert all(h["supervised_tokens"] == h["pos_tokens"] for h in train)  # UT measured, never trained on
     after = lambda m: m["metrics"]["holdout_after"]["holdout_toxic_prob"]  # noqa: E731
     assert after(manifest) < after(ablation)
+
+
+def test_dpo_trains_on_ray_train_into_its_own_stage(trained, tiny_model):
+    """The DPO objective through the same Ray Train loop (2 workers, one epoch): the reference is the base
+    model, so before any step the policy equals it (loss ln 2, rewards 0); training opens a reward margin."""
+    cfg, run, manifest = trained
+    dpo = training.train_stage(tiny_config(tiny_model, epochs=1), run, str(tiny_model), variant="dpo")
+    assert dpo["stage"] == "training_dpo" and dpo["objective"]["name"] == "dpo"
+    assert dpo["objective"]["params"] == {"beta": 0.1} and dpo["alpha"] is None
+    assert dpo["data"]["dropped_no_rejected"] == 0 and dpo["data"]["train_pairs"] == 19
+    assert (run.stage_dir("training_dpo") / "merged" / "config.json").is_file()
+    assert run.manifest("training") == manifest  # the PT-ALIGN stage is untouched
+    before = dpo["metrics"]["holdout_before"]
+    assert before["holdout_loss"] == pytest.approx(math.log(2), abs=1e-4) and before[
+        "holdout_reward_margin"
+    ] == pytest.approx(0, abs=1e-6)
+    train = [h for h in history(run, "training_dpo") if "loss" in h]
+    assert train[-1]["step"] == 5 and train[-1]["loss"] < math.log(2) and train[-1]["reward_margin"] > 0
+    assert all(h["supervised_tokens"] == h["pos_tokens"] + h["tox_tokens"] and h["pairs"] > 0 for h in train)
+    lines: list[str] = []
+    training.print_training_summary(dpo, lines.append)
+    assert any("reward accuracy" in line for line in lines)
 
 
 def test_adapter_loads_into_vllm_and_changes_greedy_output(trained, tiny_model):
