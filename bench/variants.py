@@ -37,6 +37,7 @@ VARIANTS = {
     "ut_on_openings": {"ut_skip_openings": False},
     "no_mix": {"mix": None},
     "ut_exempt": {"ut_exempt_common": 0.1},
+    "dpo": {"objective": "dpo"},  # the same pairs trained with DPO (training.dpo_beta) instead of the dual loss
 }
 
 
