@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from ptalign_ray.artifacts import MODEL_LABELS, VARIANTS, upstream_key
+from ptalign_ray.artifacts import MODEL_LABELS, VARIANTS, trained_variants, upstream_key
 from ptalign_ray.config import PipelineConfig
 from ptalign_ray.evaluation.compare import disagreements, inter_judge
 from ptalign_ray.evaluation.judges import build_judge
@@ -57,9 +57,13 @@ def _hash(data) -> str:
 
 
 def resolve_models(cfg: PipelineConfig, run: RunDir, model_path: str) -> tuple[dict, dict]:
-    """(models to evaluate: name -> {path, identity}, skipped: name -> reason)."""
+    """(models to evaluate: name -> {path, identity}, skipped: name -> reason). A comparison model whose
+    ``training.<switch>`` is off (e.g. dpo by default) is left out quietly: nothing was meant to train it."""
     models, skipped = {}, {}
+    wanted = set(trained_variants(cfg.training))
     for name in cfg.evaluation.models:
+        if name in VARIANTS and name not in wanted and not run.is_done(TRAINED[name]):
+            continue
         if name == "base":
             models[name] = {"path": model_path, "source": cfg.model.name_or_path,
                             "identity": {"base": cfg.model.model_dump(mode="json")}}  # fmt: skip

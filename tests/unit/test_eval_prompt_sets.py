@@ -219,7 +219,7 @@ def test_evaluation_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="already a set name"):
         parse_config({"evaluation": {"user_prompt_files": ["x/advbench.jsonl"]}})
     with pytest.raises(ConfigError, match=r"evaluation.models.0"):
-        parse_config({"evaluation": {"models": ["dpo"]}})
+        parse_config({"evaluation": {"models": ["ppo"]}})
     with pytest.raises(ConfigError, match="listed more than once"):
         parse_config({"evaluation": {"models": ["base", "base"]}})
     with pytest.raises(ConfigError, match="no prompt set selected"):
