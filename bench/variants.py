@@ -81,7 +81,7 @@ def merge(files: list[Path], out: Path) -> dict:
     per_run: dict[str, dict[str, dict]] = {}
     for f in files:
         d = json.loads(f.read_text())
-        per_run.setdefault(d["run"], {}).update(d["rates"])
+        per_run.setdefault(str((ROOT / d["run"]).resolve()), {}).update(d["rates"])  # relative to the repo root
     summary: dict[str, dict] = {}
     for table in per_run.values():
         for variant, rates_ in table.items():
