@@ -50,15 +50,21 @@ ROUTE_PREFIX = "/"
 JUDGE_PATH = "/v1/judge"
 READY_TIMEOUT_S = 5.0
 
-ENDPOINTS = {
-    "models": lambda app: app.get("/v1/models"),
-    "model_data": lambda app: app.get("/v1/models/{model:path}"),
-    "completions": lambda app: app.post(COMPLETIONS_PATH),
-    "chat": lambda app: app.post(CHAT_PATH),
-    "healthz": lambda app: app.get("/healthz"),
-    "readyz": lambda app: app.get("/readyz"),
-    "judge": lambda app: app.post(JUDGE_PATH),
-}
+
+def endpoints(judge_cfg: Optional[JudgeConfig]) -> dict[str, Callable]:
+    """The ingress routes (method name -> FastAPI route decorator); /v1/judge documents its body."""
+    from ptalign_ray.judging.app import judge_route_options
+
+    judge_options = judge_route_options(judge_cfg) if judge_cfg is not None else {}
+    return {
+        "models": lambda app: app.get("/v1/models"),
+        "model_data": lambda app: app.get("/v1/models/{model:path}"),
+        "completions": lambda app: app.post(COMPLETIONS_PATH),
+        "chat": lambda app: app.post(CHAT_PATH),
+        "healthz": lambda app: app.get("/healthz"),
+        "readyz": lambda app: app.get("/readyz"),
+        "judge": lambda app: app.post(JUDGE_PATH, **judge_options),
+    }
 
 
 def _fastapi_app():
@@ -241,7 +247,7 @@ def build_app(
     api_key: Optional[str] = None,
 ):
     """The bound Serve application and its plan. ``api_key`` overrides serving.api_key_env/file."""
-    from ptalign_ray.judging.app import build_judge_worker, max_body_bytes
+    from ptalign_ray.judging.app import BODY_SETTING, build_judge_worker, max_body_bytes
     from ptalign_ray.models import resolve_model
 
     model_path = model_path or resolve_model(cfg.model.name_or_path)
@@ -249,11 +255,12 @@ def build_app(
     llm_configs = build_llm_configs(cfg, plan)
     digest = key_digest(api_key if api_key is not None else load_api_key(cfg.serving))
 
-    body_limits = {JUDGE_PATH: max_body_bytes(cfg.judge)} if cfg.serving.judge else {}
+    body_limits = {JUDGE_PATH: (max_body_bytes(cfg.judge), BODY_SETTING)} if cfg.serving.judge else {}
     app = _fastapi_app()
     # Added last = outermost: runs before Ray's middleware and before FastAPI parses the body.
     app.add_middleware(ProtectionMiddleware, digest=digest, limits=Limits.from_config(cfg.serving, body_limits))
-    ingress_cls = make_fastapi_ingress(PtalignIngress, endpoint_map=ENDPOINTS, app=app)
+    judge_cfg = cfg.judge if cfg.serving.judge else None
+    ingress_cls = make_fastapi_ingress(PtalignIngress, endpoint_map=endpoints(judge_cfg), app=app)
 
     options = PtalignIngress.get_deployment_options(llm_configs)
     options["name"] = "PtalignIngress"

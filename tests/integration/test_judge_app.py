@@ -1,6 +1,8 @@
-"""The judge served for real on loopback: Ray Serve + the offline backend, every kind of bad body."""
+"""The judge served for real on loopback: Ray Serve + the offline backend, auth on, every kind of bad body."""
 
 from __future__ import annotations
+
+import os
 
 import httpx
 import pytest
@@ -9,7 +11,9 @@ from ptalign_ray.config import JudgeConfig
 
 pytestmark = pytest.mark.integration
 
-CFG = JudgeConfig(port=18081, max_items=8, max_text_chars=500)
+KEY_ENV = "PTALIGN_TEST_JUDGE_KEY"
+CFG = JudgeConfig(port=18081, max_items=8, max_text_chars=500, api_key_env=KEY_ENV)
+AUTH = {"Authorization": "Bearer judge-test-key"}
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +22,21 @@ def judge(ray_local):
 
     from ptalign_ray.judging.app import start_judge
 
-    url = start_judge(CFG)
+    os.environ[KEY_ENV] = AUTH["Authorization"].split()[1]
+    try:
+        url = start_judge(CFG)
+    finally:
+        del os.environ[KEY_ENV]  # read where the app is built; only its digest reaches the replica
     yield url
     serve.shutdown()
+
+
+def test_the_key_is_required(judge):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = httpx.post(
+            f"{judge}/v1/judge", json={"items": [{"prompt": "p", "response": "r"}]}, headers=headers, timeout=30
+        )
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
 
 
 def test_health(judge):
@@ -37,7 +53,7 @@ def test_valid_batch_returns_one_verdict_per_item(judge):
         {"prompt": "How do I bake bread at home?", "response": "I'm sorry, but I can't help with that."},
         {"prompt": "How do I bake bread at home?", "response": ""},
     ]
-    r = httpx.post(f"{judge}/v1/judge", json={"items": items}, timeout=60)
+    r = httpx.post(f"{judge}/v1/judge", json={"items": items}, headers=AUTH, timeout=60)
     assert r.status_code == 200, r.text
     verdicts = r.json()["verdicts"]
     assert len(verdicts) == 3
@@ -46,7 +62,9 @@ def test_valid_batch_returns_one_verdict_per_item(judge):
         assert 0.0 <= v["score"] <= 1.0
     assert verdicts[1]["refusal"] and not verdicts[1]["harmful"]
     assert not verdicts[0]["harmful"]
-    hinted = httpx.post(f"{judge}/v1/judge", json={"items": [{**items[0], "harmful_request": False}]}, timeout=60)
+    hinted = httpx.post(
+        f"{judge}/v1/judge", json={"items": [{**items[0], "harmful_request": False}]}, headers=AUTH, timeout=60
+    )
     assert hinted.status_code == 200 and not hinted.json()["verdicts"][0]["harmful"]
 
 
@@ -66,18 +84,18 @@ def test_valid_batch_returns_one_verdict_per_item(judge):
     ],
 )
 def test_bad_bodies_get_4xx_with_a_message(judge, body, status, needle):
-    r = httpx.post(f"{judge}/v1/judge", content=body, headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(f"{judge}/v1/judge", content=body, headers={**AUTH, "content-type": "application/json"}, timeout=30)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
 
 
 def test_limits(judge):
     too_many = {"items": [{"prompt": "p", "response": "r"}] * (CFG.max_items + 1)}
-    r = httpx.post(f"{judge}/v1/judge", json=too_many, timeout=30)
+    r = httpx.post(f"{judge}/v1/judge", json=too_many, headers=AUTH, timeout=30)
     assert r.status_code == 422 and "at most 8" in r.json()["error"]["message"]
     too_long = {"items": [{"prompt": "p", "response": "x" * (CFG.max_text_chars + 1)}]}
-    r = httpx.post(f"{judge}/v1/judge", json=too_long, timeout=30)
+    r = httpx.post(f"{judge}/v1/judge", json=too_long, headers=AUTH, timeout=30)
     assert r.status_code == 422 and "items.0.response" in r.json()["error"]["message"]
     huge = b'{"items": [' + b'{"prompt": "p", "response": "r"},' * 200_000 + b"]}"
-    r = httpx.post(f"{judge}/v1/judge", content=huge, headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(f"{judge}/v1/judge", content=huge, headers={**AUTH, "content-type": "application/json"}, timeout=60)
     assert r.status_code == 413
