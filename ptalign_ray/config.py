@@ -435,6 +435,11 @@ class ServingConfig(_Section):
     allow_unauthenticated_remote: bool = Field(
         False, description="Allow a non-loopback host without an API key (only behind your own auth proxy)."
     )
+    cors_allow_origins: list[str] = Field(
+        [],
+        description="Browser origins allowed to call the API cross-origin (CORS), e.g. ['https://app.example']; "
+        "empty = no CORS headers, so web pages a user opens cannot read from the server.",
+    )
     judge: bool = Field(True, description="Serve the safety judge at /v1/judge in the same application.")
     max_body_bytes: PositiveInt = Field(
         1_000_000,

@@ -30,6 +30,7 @@ from ray import serve
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import StreamingResponse
 
 from ptalign_ray.config import JudgeConfig, PipelineConfig, ServingConfig
@@ -68,12 +69,19 @@ def endpoints(judge_cfg: Optional[JudgeConfig]) -> dict[str, Callable]:
 
 
 def _fastapi_app():
-    # Ray LLM's own app factory: its exception handlers turn validation errors into OpenAI-style
-    # 400s and engine errors into their status codes. Internal API, so imported in one place.
+    """Ray LLM's own app factory: its exception handlers turn validation errors into OpenAI-style
+    400s and engine errors into their status codes. Internal API, so imported in one place.
+
+    It also allows CORS from every origin with credentials; without auth that lets any web page a
+    user opens call the loopback server and read the answers, so that layer is dropped here and
+    build_app adds CORS only for serving.cors_allow_origins.
+    """
     # Ray 2.60 has no public app factory: ray.serve.llm.ingress exports only OpenAiIngress, make_fastapi_ingress.
     from ray.llm._internal.serve.core.ingress.ingress import init
 
-    return init()
+    app = init()
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    return app
 
 
 def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
@@ -257,8 +265,15 @@ def build_app(
 
     body_limits = {JUDGE_PATH: (max_body_bytes(cfg.judge), BODY_SETTING)} if cfg.serving.judge else {}
     app = _fastapi_app()
-    # Added last = outermost: runs before Ray's middleware and before FastAPI parses the body.
+    # Added later = further out: runs before Ray's middleware and before FastAPI parses the body.
     app.add_middleware(ProtectionMiddleware, digest=digest, limits=Limits.from_config(cfg.serving, body_limits))
+    if cfg.serving.cors_allow_origins:  # outermost: answers preflights, and errors carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.serving.cors_allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
     judge_cfg = cfg.judge if cfg.serving.judge else None
     ingress_cls = make_fastapi_ingress(PtalignIngress, endpoint_map=endpoints(judge_cfg), app=app)
 

@@ -1,5 +1,5 @@
 """Both HTTP apps without Ray: the standalone judge behind the serving app's protection (auth, body
-limit, error shape), /v1/judge's request schema in /openapi.json."""
+limit, error shape), /v1/judge's request schema in /openapi.json, no wildcard CORS."""
 
 from __future__ import annotations
 
@@ -97,3 +97,19 @@ def test_serving_openapi_documents_the_judge_body():
     spec = _serving_app().openapi()
     assert _judge_body_schema(spec)["properties"]["items"]["maxItems"] == JudgeConfig().max_items
     assert {"/v1/chat/completions", "/v1/completions", "/v1/judge"} <= set(spec["paths"])
+
+
+def test_no_wildcard_cors_unless_configured():
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    c = TestClient(_serving_app())
+    r = c.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-origin" not in c.options("/v1/chat/completions", headers=preflight).headers
+
+    c = TestClient(_serving_app("k", cors_allow_origins=["https://app.example"]), raise_server_exceptions=False)
+    ok = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    r = c.options("/v1/chat/completions", headers=ok)  # a preflight carries no key: answered before auth
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in c.options("/v1/chat/completions", headers=preflight).headers
+    r = c.post("/v1/chat/completions", json={}, headers={"Origin": "https://app.example"})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example"
