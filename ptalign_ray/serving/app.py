@@ -22,6 +22,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 from fastapi import Request
@@ -93,6 +94,35 @@ def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
     )
 
 
+class _CancellingHandle:
+    """An engine handle whose streaming calls cancel the engine request when the ingress stops
+    reading it before the end: our deadline (asyncio.timeout, stream_with_deadline) or a client that
+    went away. Serve cancels a child request only when its parent request is cancelled; without this
+    a timed-out generation kept the engine busy to its last token (measured: requests sent after a
+    504 queued behind it)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def options(self, **kwargs) -> "_CancellingHandle":
+        return _CancellingHandle(self._handle.options(**kwargs))
+
+    def __getattr__(self, method: str):
+        remote = getattr(self._handle, method).remote
+        return SimpleNamespace(remote=lambda *args, **kwargs: _cancel_unless_finished(remote(*args, **kwargs)))
+
+
+async def _cancel_unless_finished(responses):
+    finished = False
+    try:
+        async for response in responses:
+            yield response
+        finished = True
+    finally:  # CancelledError (deadline, disconnect) or GeneratorExit (stream closed early)
+        if not finished:
+            responses.cancel()
+
+
 class PtalignIngress(OpenAiIngress):
     """OpenAI routes for the served model names, the judge, health and readiness.
 
@@ -129,7 +159,8 @@ class PtalignIngress(OpenAiIngress):
     def _get_configured_serve_handle(self, model_id: str):
         if model_id not in self._configured_serve_handles:
             engine = self._routes[model_id]
-            self._configured_serve_handles[model_id] = self._default_serve_handles[engine].options(stream=True)
+            handle = self._default_serve_handles[engine].options(stream=True)
+            self._configured_serve_handles[model_id] = _CancellingHandle(handle)
         return self._configured_serve_handles[model_id]
 
     def _unknown_model(self, model: Optional[str]) -> Optional[JSONResponse]:

@@ -282,7 +282,8 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
     port = PORT + 1
     cfg = {
         "model": {"name_or_path": str(tiny_model), "dtype": "float32", "max_model_len": 2048},
-        "engine": {"max_num_seqs": 8, "cpu_kvcache_space_gib": 1},
+        # one sequence at a time: a generation left running after its 504 would hold up the next request
+        "engine": {"max_num_seqs": 1, "cpu_kvcache_space_gib": 1},
         "serving": {"port": port, "mode": "merged", "models": ["ptalign"], "judge": False,
                     "max_tokens_limit": 2000, "request_timeout_s": 4, "api_key_env": "PTALIGN_TEST_KEY"},
         "ray": {"num_cpus": 4},
@@ -315,6 +316,9 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
         r = httpx.post(f"{url}/v1/chat/completions", json=long, headers=AUTH, timeout=60)
         assert r.status_code == 504 and "serving.request_timeout_s" in r.json()["error"]["message"]
         assert time.time() - t0 < 20
+        short = {"model": "ptalign", "messages": CHAT, "max_tokens": 8}
+        r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
+        assert r.status_code == 200, "the timed-out generation was not cancelled: " + r.text
         t0 = time.time()
         with httpx.stream(
             "POST", f"{url}/v1/chat/completions", json={**long, "stream": True}, headers=AUTH, timeout=60
@@ -322,6 +326,14 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
         assert time.time() - t0 < 20
         assert lines[-1] == "data: [DONE]" and "request_timeout_s" in lines[-2]
+        r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
+        assert r.status_code == 200, "the timed-out stream's generation was not cancelled: " + r.text
+        with pytest.raises(httpx.TimeoutException):  # a client that gives up (disconnects) mid-generation
+            httpx.post(f"{url}/v1/chat/completions", json=long, headers=AUTH, timeout=1.0)
+        t0 = time.time()
+        r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
+        # not cancelled, the abandoned generation would hold the engine until its 4 s deadline (>= 3 s more)
+        assert r.status_code == 200 and time.time() - t0 < 2.0, "the abandoned generation was not cancelled"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

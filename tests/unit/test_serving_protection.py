@@ -219,3 +219,63 @@ def test_stream_deadline_passes_a_fast_stream_through():
         return [c async for c in stream_with_deadline(fast(), loop.time() + 5, 5)]
 
     assert asyncio.run(run()) == [f"data: {i}\n\n" for i in range(3)]
+
+
+class _FakeStream:
+    """A Serve DeploymentResponseGenerator stand-in: yields chunks slowly, records cancel()."""
+
+    def __init__(self, n: int, delay: float):
+        self.n, self.delay, self.cancelled = n, delay, False
+
+    def __aiter__(self):
+        return self._chunks()
+
+    async def _chunks(self):
+        for i in range(self.n):
+            await asyncio.sleep(self.delay)
+            yield i
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _FakeHandle:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def options(self, **kwargs):
+        return self
+
+    @property
+    def chat(self):
+        return type("M", (), {"remote": lambda _self, *a: self.stream})()
+
+
+def test_engine_request_is_cancelled_when_the_ingress_stops_reading():
+    from ptalign_ray.serving.app import _CancellingHandle
+
+    async def read_all(handle):
+        return [c async for c in handle.options(stream=True).chat.remote("body")]
+
+    done = _FakeStream(3, 0.0)
+    assert asyncio.run(read_all(_CancellingHandle(_FakeHandle(done)))) == [0, 1, 2] and not done.cancelled
+
+    slow = _FakeStream(100, 0.05)  # the deadline hits while the engine is still generating
+
+    async def with_deadline():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await read_all(_CancellingHandle(_FakeHandle(slow)))
+
+    asyncio.run(with_deadline())
+    assert slow.cancelled
+
+    early = _FakeStream(100, 0.0)  # a stream closed early (stream_with_deadline, client gone)
+
+    async def close_early():
+        it = _CancellingHandle(_FakeHandle(early)).chat.remote("body")
+        assert await it.__anext__() == 0
+        await it.aclose()
+
+    asyncio.run(close_early())
+    assert early.cancelled
