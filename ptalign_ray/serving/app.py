@@ -297,7 +297,9 @@ def build_app(
     body_limits = {JUDGE_PATH: (max_body_bytes(cfg.judge), BODY_SETTING)} if cfg.serving.judge else {}
     app = _fastapi_app()
     # Added later = further out: runs before Ray's middleware and before FastAPI parses the body.
-    app.add_middleware(ProtectionMiddleware, digest=digest, limits=Limits.from_config(cfg.serving, body_limits))
+    validators = {CHAT_PATH: ChatCompletionRequest.model_validate, COMPLETIONS_PATH: CompletionRequest.model_validate}
+    limits = Limits.from_config(cfg.serving, body_limits)
+    app.add_middleware(ProtectionMiddleware, digest=digest, limits=limits, validators=validators)
     if cfg.serving.cors_allow_origins:  # outermost: answers preflights, and errors carry CORS headers too
         app.add_middleware(
             CORSMiddleware,

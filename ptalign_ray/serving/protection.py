@@ -22,7 +22,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
+
+from pydantic import ValidationError
 
 from ptalign_ray.config import JudgeConfig, ServingConfig
 from ptalign_ray.http_body import HttpError, error_body, parse_json_body
@@ -224,6 +226,39 @@ def check_generation_request(path: str, data: Any, limits: Limits) -> None:
         )
 
 
+def check_schema(validate: Callable[[Any], Any], data: dict) -> None:
+    """Runs the route's own request model on the body first. A ValidationError is left to the route
+    (its 400 names the field); any other exception is a model validator that assumed a type - found
+    by the schema fuzz: vLLM's ``structured_outputs: true`` raised AttributeError, a 500 - and
+    becomes a 400 naming the field it comes from."""
+    try:
+        validate(data)
+    except ValidationError:
+        return
+    except Exception as err:  # noqa: BLE001 - whatever a third-party validator raises is the client's 400
+        field = _breaking_field(validate, data)
+        where = f"{field} has" if field else "the body has"
+        raise HttpError(
+            400,
+            f"{where} a value of the wrong type ({type(err).__name__}: {str(err)[:120]}); "
+            "send the type the OpenAI API reference gives for it",
+            field,
+        ) from None
+
+
+def _breaking_field(validate: Callable[[Any], Any], data: dict) -> Optional[str]:
+    """The top-level field without which the body no longer crashes the validator."""
+    for key in data:
+        try:
+            validate({k: v for k, v in data.items() if k != key})
+        except ValidationError:
+            return key
+        except Exception:  # noqa: BLE001 - still crashing: not this field
+            continue
+        return key
+    return None
+
+
 def _header(scope: dict, name: bytes) -> Optional[str]:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
@@ -241,17 +276,28 @@ def route_path(scope: dict) -> str:
 
 
 class ProtectionMiddleware:
-    """ASGI middleware: auth on every route but health, body size, generation limits.
+    """ASGI middleware: auth on every route but health, body size, generation limits, request models
+    that crash instead of failing validation.
 
     The body is read here (at most the limit) and replayed to the application; after the replay,
     ``receive`` is the client's again so disconnects still cancel streaming generations.
     """
 
-    def __init__(self, app, *, digest: Optional[str], limits: Limits, open_paths=OPEN_PATHS):
+    def __init__(
+        self,
+        app,
+        *,
+        digest: Optional[str],
+        limits: Limits,
+        open_paths=OPEN_PATHS,
+        validators: Optional[dict[str, Callable[[Any], Any]]] = None,
+    ):
         self.app = app
         self.digest = digest
         self.limits = limits
         self.open_paths = frozenset(open_paths)
+        # path -> the route's request model (model_validate), run by check_schema
+        self.validators = dict(validators or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -266,6 +312,8 @@ class ProtectionMiddleware:
             if path in (CHAT_PATH, COMPLETIONS_PATH):
                 data = parse_json_body(body, "a JSON object (see the OpenAI API reference)")
                 check_generation_request(path, data, self.limits)
+                if path in self.validators:
+                    check_schema(self.validators[path], data)
         except HttpError as err:
             return await _send_json(send, err.status, err.body(), auth=err.status == 401)
 

@@ -279,3 +279,26 @@ def test_engine_request_is_cancelled_when_the_ingress_stops_reading():
 
     asyncio.run(close_early())
     assert early.cancelled
+
+
+def test_a_request_model_that_crashes_is_a_400_naming_the_field():
+    from pydantic import BaseModel, model_validator
+
+    from ptalign_ray.serving.protection import check_schema
+
+    class Request(BaseModel):  # like vLLM's: a "before" validator that assumes an object
+        prompt: str
+        options: dict | None = None
+
+        @model_validator(mode="before")
+        @classmethod
+        def _count(cls, data):
+            if data.get("options") is not None:
+                data["options"].get("json")
+            return data
+
+    check_schema(Request.model_validate, {"prompt": "hi", "options": {"json": 1}})
+    check_schema(Request.model_validate, {"prompt": 3})  # a plain validation error: the route's own 400
+    with pytest.raises(HttpError, match="options has a value of the wrong type") as err:
+        check_schema(Request.model_validate, {"prompt": "hi", "options": True})
+    assert err.value.status == 400 and err.value.param == "options"
