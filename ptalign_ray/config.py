@@ -190,6 +190,8 @@ class SynthesisConfig(_Section):
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# json_schema_extra key of fields left out of PipelineConfig.section_hash (they do not change outputs)
+UNHASHED = "unhashed"
 
 
 class JudgeConfig(_Section):
@@ -211,10 +213,17 @@ class JudgeConfig(_Section):
 
     @model_validator(mode="after")
     def _loopback_unless_chosen(self) -> "JudgeConfig":
-        if self.host not in _LOOPBACK_HOSTS and not self.allow_unauthenticated_remote:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set api_key_env or api_key_file, not both")
+        if (
+            self.host not in _LOOPBACK_HOSTS
+            and not (self.api_key_env or self.api_key_file)
+            and not self.allow_unauthenticated_remote
+        ):
             raise ValueError(
-                f"host {self.host!r} listens beyond loopback and the judge has no API key: keep 127.0.0.1, or set "
-                "judge.allow_unauthenticated_remote: true behind your own firewall / auth proxy"
+                f"host {self.host!r} listens beyond loopback and the judge has no API key: keep 127.0.0.1, set "
+                "judge.api_key_env or judge.api_key_file, or set judge.allow_unauthenticated_remote: true behind "
+                "your own firewall / auth proxy"
             )
         return self
 
@@ -235,10 +244,21 @@ class JudgeConfig(_Section):
         "serves it under serving.host instead).",
     )
     port: int = Field(8001, ge=1, le=65535, description="HTTP port of the judge when refinement starts it.")
+    api_key_env: Optional[str] = Field(
+        None,
+        description="Env var holding the standalone judge's bearer token (never the key itself); refinement's "
+        "client sends it. Inside `ptalign serve` the serving key applies instead.",
+        json_schema_extra={UNHASHED: True},
+    )
+    api_key_file: Optional[str] = Field(
+        None,
+        description="File holding the standalone judge's bearer token (first line).",
+        json_schema_extra={UNHASHED: True},
+    )
     allow_unauthenticated_remote: bool = Field(
         False,
-        description="The standalone judge has no API key: a judge.host beyond loopback must be chosen explicitly "
-        "with this flag (keep it behind your firewall or proxy).",
+        description="Allow a judge.host beyond loopback without an API key (only behind your own firewall / auth "
+        "proxy).",
     )
     max_items: PositiveInt = Field(
         256,
@@ -463,6 +483,11 @@ class ServingConfig(_Section):
     api_key_file: Optional[str] = Field(None, description="File holding the bearer token (first line).")
     allow_unauthenticated_remote: bool = Field(
         False, description="Allow a non-loopback host without an API key (only behind your own auth proxy)."
+    )
+    cors_allow_origins: list[str] = Field(
+        [],
+        description="Browser origins allowed to call the API cross-origin (CORS), e.g. ['https://app.example']; "
+        "empty = no CORS headers, so web pages a user opens cannot read from the server.",
     )
     judge: bool = Field(True, description="Serve the safety judge at /v1/judge in the same application.")
     max_body_bytes: PositiveInt = Field(
@@ -738,6 +763,12 @@ class PipelineConfig(_Section):
         data = self.model_dump(mode="json")
         if sections:
             data = {name: data[name] for name in sections}
+        # access settings (which key a client sends) never change a stage's outputs: keep runs valid
+        for name, values in data.items():
+            section = getattr(self, name)
+            for field, info in type(section).model_fields.items() if isinstance(section, BaseModel) else ():
+                if UNHASHED in (info.json_schema_extra or {}):
+                    values.pop(field, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -36,18 +36,3 @@ def parse_json_body(body: bytes, example: str) -> object:
         raise HttpError(400, "body is nested too deeply: send a flat JSON object") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
         raise HttpError(400, f"body is not valid JSON: {str(err)[:200]}") from None
-
-
-async def read_body_limited(request, limit: int, setting: str) -> bytes:
-    """A Starlette request's body, refused with 413 as soon as it passes ``limit`` bytes (declared
-    Content-Length first, then while streaming): an oversized body is never read into memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"request body is {declared} bytes; the limit is {limit} ({setting})")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body is over the limit of {limit} bytes ({setting})")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -44,3 +44,22 @@ def ray_local():
     ray = init_ray(RayConfig(num_cpus=4))
     yield ray
     ray.shutdown()
+
+
+FUZZ_LINES = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_report(request) -> list:
+    """Lines the schema fuzz tests add (request counts, statuses); printed at the end of the run."""
+    return request.config.stash.setdefault(FUZZ_LINES, [])
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = config.stash.get(FUZZ_LINES, [])
+    if lines:
+        terminalreporter.section("schema fuzz")
+        for line in lines:
+            terminalreporter.write_line(line)
+        total = sum(int(line.split(": ", 2)[2].split()[0]) for line in lines)
+        terminalreporter.write_line(f"fuzz: {total} requests in all")

@@ -1,8 +1,10 @@
 """The safety judge as a Ray Serve application: POST /v1/judge, GET /healthz.
 
 Started by `ptalign refine` for refinement, or on its own with `serve run serve_configs/judge-cpu.yaml`.
+It sits behind the serving app's ProtectionMiddleware (the same auth rule, body reader and error
+shape): missing / wrong key -> 401 when judge.api_key_env / api_key_file is set, too large -> 413.
 Every malformed body gets a 4xx with a message that says what to fix (never a 500 or a hang):
-invalid JSON -> 400, too large -> 413, wrong schema / empty / too many items / over-long text -> 422.
+invalid JSON -> 400, wrong schema / empty / too many items / over-long text -> 422.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptalign_ray.config import EngineConfig, JudgeConfig, format_validation_error
-from ptalign_ray.http_body import HttpError, parse_json_body, read_body_limited
+from ptalign_ray.http_body import HttpError, parse_json_body
 
 APP_NAME = "judge"
 ROUTE_PREFIX = "/"
@@ -42,10 +44,47 @@ def max_body_bytes(cfg: JudgeConfig) -> int:
     return cfg.max_items * (2 * cfg.max_text_chars * 4 + 64) + 1024
 
 
+BODY_SETTING = "judge.max_items x judge.max_text_chars"
+
+
+def _inline_refs(schema: dict) -> dict:
+    """The JSON schema with its $defs inlined: OpenAPI documents keep schemas under components, so a
+    pydantic ``#/$defs/..`` reference inside a route's openapi_extra would not resolve."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def judge_route_options(cfg: JudgeConfig) -> dict[str, Any]:
+    """FastAPI route options of POST /v1/judge: its request body in /openapi.json (with the limits of
+    this server) so client generators and schema fuzzers can use it. The route reads the raw body
+    itself (parse_judge_request: item count before validation, capped messages), so the schema is
+    documentation, not a second validator."""
+    body = _inline_refs(JudgeRequest.model_json_schema())
+    body["properties"]["items"]["maxItems"] = cfg.max_items
+    for name in ("prompt", "response"):
+        body["properties"]["items"]["items"]["properties"][name]["maxLength"] = cfg.max_text_chars
+    error = {"description": "an OpenAI-style error: {'error': {'message', 'type', 'param', 'code'}}"}
+    return {
+        "openapi_extra": {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        },
+        "responses": {400: error, 401: error, 413: error, 422: error},
+    }
+
+
 def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
-    """Validates a raw request body; raises HttpError(status, message) saying what to fix."""
-    if len(body) > max_body_bytes(cfg):
-        raise HttpError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes(cfg)}")
+    """Validates a raw request body (its size was checked by ProtectionMiddleware); raises
+    HttpError(status, message) saying what to fix."""
     data = parse_json_body(body, 'JSON like {"items": [{"prompt": "...", "response": "..."}]}')
     if not isinstance(data, dict):
         raise HttpError(422, 'body must be a JSON object like {"items": [...]}')
@@ -104,33 +143,53 @@ def deployment_options(cfg: JudgeConfig) -> dict[str, Any]:
     return {"name": "SafetyJudge", "num_replicas": cfg.replicas, "ray_actor_options": actor}
 
 
+def judge_api(judge: JudgeCore, cfg: JudgeConfig, digest: Optional[str] = None) -> FastAPI:
+    """The standalone judge's HTTP app around one JudgeCore: GET /healthz, POST /v1/judge, behind
+    ProtectionMiddleware (auth when ``digest`` is set, the body limit). A plain ASGI app, so tests
+    can drive it in-process with a real backend."""
+    from ptalign_ray.serving.protection import Limits, ProtectionMiddleware
+
+    api = FastAPI(title="ptalign safety judge")
+    limits = Limits(max_body_bytes=max_body_bytes(cfg), body_setting=BODY_SETTING)
+    api.add_middleware(ProtectionMiddleware, digest=digest, limits=limits)
+
+    @api.get("/healthz")
+    def health() -> dict[str, Any]:
+        return judge.healthz()
+
+    @api.post("/v1/judge", **judge_route_options(cfg))
+    async def judge_route(request: Request):
+        try:
+            items = parse_judge_request(await request.body(), cfg)
+        except HttpError as err:
+            return JSONResponse(err.body(), err.status)
+        return await judge.judge_items(items)
+
+    return api
+
+
 def build_judge_deployment(
     cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
 ):
-    """The standalone judge app: JudgeCore behind FastAPI (POST /v1/judge, GET /healthz)."""
+    """The standalone judge app: JudgeCore behind :func:`judge_api`. The API key is read here (where
+    the app is built) and only its digest travels to the replicas."""
     from ray import serve
 
-    api = FastAPI(title="ptalign safety judge")
+    from ptalign_ray.serving.protection import key_digest, load_api_key
+
+    digest = key_digest(load_api_key(cfg, name="judge"))
 
     @serve.deployment(**deployment_options(cfg))
-    @serve.ingress(api)
+    @serve.ingress()
     class SafetyJudge(JudgeCore):
-        @api.get("/healthz")
-        def health(self) -> dict[str, Any]:
-            return self.healthz()
+        def __init__(self, cfg_json: dict, model_path: Optional[str], engine_json: Optional[dict], digest):
+            super().__init__(cfg_json, model_path, engine_json)
+            self._digest = digest
 
-        @api.post("/v1/judge")
-        async def judge(self, request: Request):
-            try:
-                body = await read_body_limited(
-                    request, max_body_bytes(self.cfg), "judge.max_items x judge.max_text_chars"
-                )
-                items = parse_judge_request(body, self.cfg)
-            except HttpError as err:
-                return JSONResponse(err.body(), err.status)
-            return await self.judge_items(items)
+        def __serve_build_asgi_app__(self):  # called by Serve on the replica, after __init__
+            return judge_api(self, self.cfg, self._digest)
 
-    return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine))
+    return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine), digest)
 
 
 def build_judge_worker(

@@ -26,13 +26,20 @@ RETRIED_4XX = (408, 429)
 
 class JudgeClient:
     def __init__(
-        self, url: str, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5, max_items: int = 256
+        self,
+        url: str,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_items: int = 256,
+        api_key: str | None = None,
     ):
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_items = max_items
-        self._http = httpx.Client(timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(timeout=timeout_s, headers=headers)
 
     def _post(self, items: list[dict]) -> list[dict]:
         last: Exception | None = None
@@ -44,6 +51,11 @@ class JudgeClient:
             else:
                 if resp.status_code < 400:
                     return resp.json()["verdicts"]
+                if resp.status_code == 401:
+                    raise JudgeRequestRejected(
+                        f"the judge at {self.url} wants an API key (401): set judge.api_key_env or "
+                        "judge.api_key_file to the key it was started with"
+                    )
                 # 408 / 429: Serve's proxy timed the request out or is shedding load - retry, like a 5xx
                 if resp.status_code < 500 and resp.status_code not in RETRIED_4XX:
                     raise JudgeRequestRejected(f"judge rejected the request ({resp.status_code}): {resp.text[:500]}")

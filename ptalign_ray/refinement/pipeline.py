@@ -50,8 +50,12 @@ class JudgeBatch:
     """Ray Data callable class: adds the judge's verdict columns to a batch of (question, response)."""
 
     def __init__(self, url: str, judge: dict):
+        from ptalign_ray.serving.protection import load_api_key
+
         cfg = JudgeConfig.model_validate(judge)
-        self.client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items)
+        # the key is read here, on the worker (env var or file), so it never travels in task arguments
+        key = load_api_key(cfg, name="judge")
+        self.client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items, api_key=key)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         # Every question here is a red-team question by construction (or, polarity 'benign', a

