@@ -462,16 +462,20 @@ def kill_once(config: Path, run: RunDir, target: str, delay: float, log_path: Pa
     return attempt, {"target": target, "delay_s": delay, **kill_record(attempt, run)}
 
 
-def kill_when(config: Path, run: RunDir, ready, log_path: Path, timeout: float) -> dict:
-    """Starts `ptalign run` and kills it as soon as ``ready()`` is true (a chosen point, for CI)."""
+def kill_when(config: Path, run: RunDir, ready, log_path: Path, timeout: float):
+    """Starts `ptalign run` and kills it as soon as ``ready()`` is true (a chosen point, for CI);
+    returns (attempt, kill record or None if the run ended first)."""
     attempt = Attempt(config, run.root, log_path)
     deadline = time.monotonic() + timeout
     while not ready():
-        if attempt.proc.poll() is not None or time.monotonic() > deadline:
-            rc = attempt.finish(60)
-            raise AssertionError(f"`ptalign run` ended (rc {rc}) or timed out before the kill point; see {log_path}")
+        if attempt.proc.poll() is not None:
+            attempt.close()
+            return attempt, None
+        if time.monotonic() > deadline:
+            attempt.kill()
+            raise TimeoutError(f"`ptalign run` did not reach the kill point in {timeout:.0f}s; see {log_path}")
         time.sleep(0.2)
-    return kill_record(attempt, run)
+    return attempt, kill_record(attempt, run)
 
 
 def kill_record(attempt: Attempt, run: RunDir) -> dict:

@@ -5,13 +5,14 @@ the same run directory, finishes complete and consistent: the short CI form of b
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from pipeline_config import free_port
 
 from ptalign_ray.runs import RunDir
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import chaos_kill  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,14 @@ def test_run_killed_in_synthesis_and_evaluation_finishes_consistent(tmp_path, ti
         "evaluation": lambda: (run.work_dir("evaluation") / "generations_base.json").is_file(),
     }
     for k, (stage, ready) in enumerate(points.items()):
-        kill = chaos_kill.kill_when(config, run, ready, tmp_path / f"attempt-{k}.log", timeout=1800)
+        log = tmp_path / f"attempt-{k}.log"
+        attempt, kill = chaos_kill.kill_when(config, run, ready, log, timeout=1800)
+        if kill is None and attempt.proc.returncode == 2 and run.manifest("refinement")["quality"]["kept"] == 0:
+            # The random tiny model's refinement kept no sample: the run stops at training with a clear
+            # error (test_run_pipeline.py checks it); the kill inside synthesis was checked above.
+            assert "has no rows" in log.read_text()
+            pytest.skip("the tiny model's refinement kept no sample; nothing to train and evaluate")
+        assert kill is not None, f"`ptalign run` ended (rc {attempt.proc.returncode}) before the kill point in {stage}"
         assert kill["stage_hit"] == stage, kill
         assert kill["survivors"] == [] and kill["ray_sessions"], kill
         assert kill["snapshot_problems"] == [], kill
