@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(2400)
 def test_run_killed_in_synthesis_and_evaluation_finishes_consistent(tmp_path, tiny_model):
     port = free_port()
-    config = chaos_kill.write_config(tmp_path / "tiny.yaml", tiny_model, port)
+    config = chaos_kill.write_config(tmp_path / "tiny.yaml", tiny_model, port, chaos_kill.MORE_DATA)
     run = RunDir(tmp_path / "run")
     points = {
         # synthesis: its first sub-step checkpoint is written, the rest is not
