@@ -575,6 +575,14 @@ def idempotent_rerun(config: Path, run: RunDir, log_path: Path, timeout: float) 
     return ([f"idempotent rerun rc {rc}"] if rc else []) + [f"idempotent rerun redid {s}" for s in missing]
 
 
+def _saved_port(config: Path) -> Optional[int]:
+    """The judge port of an earlier invocation's config if still free: same config, reference reused."""
+    import yaml
+
+    port = yaml.safe_load(config.read_text())["judge"]["port"] if config.is_file() else None
+    return port if port and port_free(port) else None
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "nice": os.nice(0)}  # fmt: skip
@@ -595,7 +603,7 @@ def main() -> int:
     t_start = time.monotonic()
     info = machine()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
+    port = args.port or _saved_port(args.workdir / "tiny.yaml") or free_port()
     config = write_config(args.workdir / "tiny.yaml", tiny_model_dir(Path(run_env()["PTALIGN_HOME"])), port, MORE_DATA)
     print(f"[chaos] reference run in {args.workdir / 'reference'}", flush=True)
     ref = reference_run(config, args.workdir, args.timeout)
