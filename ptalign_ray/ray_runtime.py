@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 from ptalign_ray.config import RayConfig
@@ -21,6 +22,37 @@ def verbose() -> bool:
     return os.environ.get("PTALIGN_VERBOSE", "0") not in ("", "0", "false")
 
 
+START_TIMED_OUT = "timed out during startup"  # ray.init's message when its raylet did not come up
+
+
+def _start_local(init, **kwargs):
+    """``init(**kwargs)`` (ray.init of a local Ray), once more if the first start timed out.
+
+    On an overloaded machine the raylet exits when its dashboard agent takes over 15 s to start
+    (ray-project/ray#65983) and ray.init raises "The current node timed out during startup": found
+    when a rerun after a SIGKILL (bench/chaos_kill.py) met load 30 on two cores. Nothing has run yet
+    and a second start succeeds; the processes the failed start left (GCS, dashboard) are stopped.
+    """
+    import psutil  # a dependency of vLLM and Ray's extras
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    try:
+        return init(**kwargs)
+    except Exception as err:
+        if START_TIMED_OUT not in str(err):
+            raise
+        left = [p for p in me.children(recursive=True) if p.pid not in before]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=30)
+        print(f"ptalign: the local Ray did not start in time ({err}); starting it once more", file=sys.stderr)
+    return init(**kwargs)
+
+
 def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
     """Connects to Ray once per process: a local instance on 127.0.0.1 unless an address is given.
 
@@ -29,7 +61,6 @@ def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
     on a terminal (never dumped into a CI log or a job log).
     """
     import logging
-    import sys
 
     import ray
 
@@ -47,7 +78,8 @@ def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
         # logical CPUs are scheduling slots, not threads, so oversubscribing is safe.
         num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
         mem = int(cfg.object_store_memory_gib * 2**30) if cfg.object_store_memory_gib else None
-        ray.init(
+        _start_local(
+            ray.init,
             address="local",  # never join a `ray start` cluster by accident; ray.address says when to
             num_cpus=num_cpus,
             object_store_memory=mem,

@@ -282,7 +282,25 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     # No pandas metadata: Ray Data hands out arrow-backed dtypes (list<string>[pyarrow]) that
     # pandas cannot read back from that metadata; plain Arrow types read back everywhere.
     table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    # One string type whatever held the strings: object and Arrow columns convert to string, pandas'
+    # own str (what a checkpoint reads back as) to large_string, so a step resumed from its checkpoint
+    # published another schema than an uninterrupted run (found by bench/chaos_kill.py).
+    table = table.cast(pa.schema([f.with_type(_large_strings(f.type)) for f in table.schema]))
     _write_atomic(path, lambda f: pq.write_table(table, f))
+
+
+def _large_strings(t):
+    """The Arrow type with every string (also inside lists and structs) as large_string."""
+    import pyarrow as pa
+
+    if pa.types.is_string(t):
+        return pa.large_string()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        make = pa.list_ if pa.types.is_list(t) else pa.large_list
+        return make(t.value_field.with_type(_large_strings(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_large_strings(f.type)) for f in t])
+    return t
 
 
 def file_sha256(path: Path) -> str:

@@ -239,3 +239,26 @@ def test_stage_and_work_files_are_private(tmp_path):
         assert _mode(run.root / ".lock") == 0o600
     finally:
         os.umask(old)
+
+
+def test_parquet_schema_does_not_depend_on_how_the_frame_holds_its_strings(tmp_path):
+    """A step resumed from its checkpoint hands on a frame read back from Parquet (pandas ``str``
+    columns) where a fresh step hands on one built in memory (object or Arrow strings): the
+    published schema must be the same either way. bench/chaos_kill.py found the evaluation's `rid`
+    as string after an uninterrupted run and as large_string after a resumed one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fresh = pd.DataFrame({"rid": pd.Series(["a#0", "b#1"], dtype=object), "tags": [["x"], ["y", "z"]], "n": [1, 2]})
+    frames = {
+        "fresh": fresh,
+        "arrow": fresh.astype({"rid": pd.ArrowDtype(pa.string())}),
+        "str": fresh.astype({"rid": "str"}),
+    }
+    for name, df in frames.items():
+        runs.write_parquet_atomic(df, tmp_path / f"{name}.parquet")
+    runs.write_parquet_atomic(pd.read_parquet(tmp_path / "fresh.parquet"), tmp_path / "resumed.parquet")
+    schemas = {name: pq.read_schema(tmp_path / f"{name}.parquet") for name in [*frames, "resumed"]}
+    assert len(set(schemas.values())) == 1, schemas
+    assert schemas["fresh"].field("rid").type == pa.large_string()
+    assert schemas["fresh"].field("tags").type.value_type == pa.large_string()

@@ -1,0 +1,54 @@
+"""Starting a local Ray: a start that timed out (ray-project/ray#65983, an overloaded machine) is
+tried once more, after stopping what it left; any other error is raised at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ptalign_ray.ray_runtime import _start_local
+
+TIMED_OUT = Exception("The current node timed out during startup. This could happen because ...")
+
+
+def _fake_init(errors: list[Exception], spawned: list[subprocess.Popen]):
+    """A ray.init that starts a child process (as ray.init starts the GCS) and raises the next error."""
+
+    def init(**kwargs):
+        spawned.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        if errors:
+            raise errors.pop(0)
+        return kwargs
+
+    return init
+
+
+def test_a_start_that_timed_out_is_tried_again_and_its_processes_stopped(capsys):
+    spawned: list[subprocess.Popen] = []
+    try:
+        assert _start_local(_fake_init([TIMED_OUT], spawned), address="local") == {"address": "local"}
+        assert len(spawned) == 2
+        spawned[0].wait(timeout=30)  # the failed start's process is gone
+        assert spawned[1].poll() is None  # the good start's is not touched
+        assert "starting it once more" in capsys.readouterr().err
+    finally:
+        for p in spawned:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("errors", [[TIMED_OUT, TIMED_OUT], [ValueError("bad num_cpus")]])
+def test_a_second_timeout_or_another_error_is_raised(errors):
+    spawned: list[subprocess.Popen] = []
+    first = errors[-1]
+    try:
+        with pytest.raises(type(first)) as raised:
+            _start_local(_fake_init(list(errors), spawned), address="local")
+        assert raised.value is first
+        assert len(spawned) == len(errors)
+    finally:
+        for p in spawned:
+            p.kill()
+            p.wait()
