@@ -113,7 +113,7 @@ class Attempt:
         self.t0 = time.monotonic()
         self.started: dict[str, float] = {}  # stage -> seconds after start when it began
         self.already: list[str] = []  # stages this attempt found finished
-        self.resumed_lines = 0  # console lines saying a step was resumed from its checkpoint
+        self.resumed: set[str] = set()  # "stage/step" of this attempt's steps taken from their checkpoint
         self.last_line = ""
         cmd = [sys.executable, "-m", "ptalign_ray", "run", "--config", str(config), "--run-dir", str(run_dir)]
         self._log = open(log_path, "w")
@@ -125,6 +125,7 @@ class Attempt:
         self._reader.start()
 
     def _read(self) -> None:
+        section = ""  # the stage the current console line belongs to
         for line in self.proc.stdout:
             self._log.write(line)
             self._log.flush()
@@ -134,7 +135,14 @@ class Attempt:
                     self.started[stage] = self.elapsed()
             if " already finished" in line:
                 self.already.append(line.split("]")[0].lstrip("["))
-            self.resumed_lines += "resumed" in line
+            if line.startswith("== "):  # a stage's summary: "== synthesis summary ==", "== training summary (..."
+                section = line[3:].split()[0]
+            elif line.startswith("["):
+                section = line[1:].split("]")[0]
+            # a summary of a stage found finished repeats the resumptions of the run that made it
+            if "resumed" in line and section not in self.already:
+                step = line.split("]", 1)[-1] if line.startswith("[") else line
+                self.resumed.add(f"{section}/{step.split(':')[0].strip()}")
             if line:
                 self.last_line = line[:160]
 
@@ -261,7 +269,7 @@ def work_files(run: RunDir, stage: str) -> list[str]:
     if not work.is_dir():
         return []
     names = sorted(p.name for p in work.iterdir() if p.name != "ray_train")
-    ckpts = list((work / "ray_train").glob("*/checkpoint_*")) + list((work / "ray_train").glob("*/*step_*"))
+    ckpts = {p for pattern in ("*/checkpoint_*", "*/*step_*") for p in (work / "ray_train").glob(pattern)}
     return names + ([f"ray_train: {len(ckpts)} checkpoint folders"] if (work / "ray_train").exists() else [])
 
 
@@ -513,7 +521,7 @@ def rerun_record(attempt: Attempt, done_before: list[str]) -> dict:
     """What a rerun did with the previous attempt's finished stages: each must be reported finished."""
     redone = [s for s in done_before if s not in attempt.already]
     return {"already_finished": attempt.already, "finished_stages_redone": redone,
-            "resumed_lines": attempt.resumed_lines, "rc": attempt.proc.returncode}  # fmt: skip
+            "resumed_steps": sorted(attempt.resumed), "rc": attempt.proc.returncode}  # fmt: skip
 
 
 def chaos(config: Path, run: RunDir, plan: list[tuple[str, float]], logs: Path, timeout: float, judge_port: int,
@@ -562,7 +570,7 @@ def chaos(config: Path, run: RunDir, plan: list[tuple[str, float]], logs: Path, 
     for kill in kills:
         r = kill.get("rerun", {})
         say(f"rerun after kill {kill['kill']:2d}: rc {r.get('rc')}, found finished {r.get('already_finished')}, "
-            f"{r.get('resumed_lines', 0)} steps resumed from checkpoints")  # fmt: skip
+            f"resumed from checkpoints {r.get('resumed_steps')}")  # fmt: skip
     return {"kills": kills, "final": final, "problems": problems}
 
 
