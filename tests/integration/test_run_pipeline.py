@@ -45,7 +45,10 @@ def test_interrupted_run_resumes_at_the_unfinished_stage_and_completes(tmp_path,
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for(lambda: run.work_dir("refinement").exists(), proc, 1500, "refinement started")
+            # the stage line comes before the judge starts; on a loaded machine refinement's own work
+            # folder can come and go between two polls
+            started = lambda: "[run] stage refine" in (tmp_path / "first.log").read_text()  # noqa: E731
+            _wait_for(started, proc, 1500, "refinement started")
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=120) == 130
         finally:

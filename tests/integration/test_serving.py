@@ -368,8 +368,9 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
             httpx.post(f"{url}/v1/chat/completions", json=long, headers=AUTH, timeout=1.0)
         t0 = time.time()
         r = httpx.post(f"{url}/v1/chat/completions", json=short, headers=AUTH, timeout=60)
-        # not cancelled, the abandoned generation would hold the engine until its 4 s deadline (>= 3 s more)
-        assert r.status_code == 200 and time.time() - t0 < 2.0, "the abandoned generation was not cancelled"
+        # not cancelled, the abandoned generation would hold the engine until its 4 s deadline (>= 3 s more,
+        # so this request would take over 3 s); the slack below 3 s is for a loaded 2-core machine
+        assert r.status_code == 200 and time.time() - t0 < 3.0, "the abandoned generation was not cancelled"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
