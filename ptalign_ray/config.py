@@ -194,6 +194,18 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 UNHASHED = "unhashed"
 
 
+def _needs_key(section) -> bool:
+    """The loopback rule shared by the serving and judge sections: True when ``host`` listens beyond
+    loopback with no API key and no explicit opt-out (raises when both key sources are set)."""
+    if section.api_key_env and section.api_key_file:
+        raise ValueError("set api_key_env or api_key_file, not both")
+    return (
+        section.host not in _LOOPBACK_HOSTS
+        and not (section.api_key_env or section.api_key_file)
+        and not section.allow_unauthenticated_remote
+    )
+
+
 class JudgeConfig(_Section):
     """The safety judge served on Ray Serve (used by refinement and `ptalign serve`)."""
 
@@ -213,13 +225,7 @@ class JudgeConfig(_Section):
 
     @model_validator(mode="after")
     def _loopback_unless_chosen(self) -> "JudgeConfig":
-        if self.api_key_env and self.api_key_file:
-            raise ValueError("set api_key_env or api_key_file, not both")
-        if (
-            self.host not in _LOOPBACK_HOSTS
-            and not (self.api_key_env or self.api_key_file)
-            and not self.allow_unauthenticated_remote
-        ):
+        if _needs_key(self):
             raise ValueError(
                 f"host {self.host!r} listens beyond loopback and the judge has no API key: keep 127.0.0.1, set "
                 "judge.api_key_env or judge.api_key_file, or set judge.allow_unauthenticated_remote: true behind "
@@ -536,13 +542,7 @@ class ServingConfig(_Section):
     def _replicas(self) -> "ServingConfig":
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must be <= max_replicas")
-        if self.api_key_env and self.api_key_file:
-            raise ValueError("set api_key_env or api_key_file, not both")
-        if (
-            self.host not in _LOOPBACK_HOSTS
-            and not (self.api_key_env or self.api_key_file)
-            and not self.allow_unauthenticated_remote
-        ):
+        if _needs_key(self):
             raise ValueError(
                 f"host {self.host!r} listens beyond loopback without an API key: set serving.api_key_env or "
                 "serving.api_key_file (or serving.allow_unauthenticated_remote: true behind your own auth proxy)"
