@@ -40,6 +40,7 @@ VARIANTS = {
     "dpo": {"objective": "dpo"},  # the same pairs trained with DPO (training.dpo_beta) instead of the dual loss
     # DPO at a usual LoRA-DPO learning rate: at the dual loss's 2e-3 it over-optimises (held-out loss -> 0)
     "dpo_lr2e-4": {"objective": "dpo", "learning_rate": 2e-4},
+    "dpo_lr6e-4": {"objective": "dpo", "learning_rate": 6e-4},  # between the two (geometric middle)
 }
 
 
