@@ -219,6 +219,16 @@ class JudgeConfig(_Section):
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per judge replica (Ray Serve ray_actor_options).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per judge replica (1 for an 'llm' judge on a GPU cluster).")
     replicas: PositiveInt = Field(1, description="Judge replicas behind the endpoint.")
+    max_ongoing_requests: PositiveInt = Field(
+        4,
+        description="Requests one judge replica works on at once ('llm': they take turns on its engine); more wait "
+        "in Serve's queue.",
+    )
+    max_queued_requests: PositiveInt = Field(
+        64,
+        description="Requests that may wait for a judge replica; beyond it Serve answers 503 at once (the refinement "
+        "client retries 5xx) instead of piling up work that would time out.",
+    )
     engine: Optional[EngineConfig] = Field(
         None, description="vLLM engine settings of an 'llm' judge; None = the pipeline's `engine` section."
     )

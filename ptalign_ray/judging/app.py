@@ -140,7 +140,8 @@ def deployment_options(cfg: JudgeConfig) -> dict[str, Any]:
     actor = {"num_cpus": cfg.num_cpus}
     if cfg.num_gpus:
         actor["num_gpus"] = cfg.num_gpus
-    return {"name": "SafetyJudge", "num_replicas": cfg.replicas, "ray_actor_options": actor}
+    return {"name": "SafetyJudge", "num_replicas": cfg.replicas, "ray_actor_options": actor,
+            "max_ongoing_requests": cfg.max_ongoing_requests, "max_queued_requests": cfg.max_queued_requests}  # fmt: skip
 
 
 def judge_api(judge: JudgeCore, cfg: JudgeConfig, digest: Optional[str] = None) -> FastAPI:

@@ -13,6 +13,7 @@ Unparseable output is retried with sampling; what stays unparseable comes back a
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -85,7 +86,13 @@ def is_llama_guard(model_path: str, tokenizer) -> bool:
 
 
 class LLMJudge:
-    """Judges with a chat model in-process through the project's vLLM module."""
+    """Judges with a chat model in-process through the project's vLLM module.
+
+    One ``vllm.LLM`` is not thread-safe, and the Serve replica runs each request's ``judge`` in a
+    worker thread (``asyncio.to_thread``): calls take turns on a lock. How many wait is bounded by the
+    deployment's ``max_ongoing_requests`` / ``max_queued_requests`` (judging/app.deployment_options),
+    so requests that time out cannot pile up threads without limit.
+    """
 
     def __init__(
         self, cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
@@ -98,6 +105,7 @@ class LLMJudge:
         if not path:
             raise ValueError("judge.backend 'llm' needs judge.model or the policy model path")
         self.model_path = path
+        self._engine_lock = threading.Lock()
         self.tokenizer = load_tokenizer(path)
         self.guard = is_llama_guard(path, self.tokenizer)
         self.llm = direct_llm(
@@ -124,21 +132,29 @@ class LLMJudge:
     def _parse(self, text: str) -> Optional[Parsed]:
         return parse_llama_guard(text) if self.guard else parse_rubric(text)
 
-    def judge(self, items: Sequence[Mapping[str, str]]) -> list[Verdict]:
+    def _generate_verdicts(self, ids: list[list[int]]) -> list[Optional[Parsed]]:
+        """The parsed verdict per prompt (None: unparseable after the retries); the caller holds the lock."""
         from ptalign_ray.engine import direct_generate
 
-        ids = [self._prompt_ids(i["prompt"], i["response"]) for i in items]
-        parsed: list[Optional[Parsed]] = [None] * len(items)
-        todo = list(range(len(items)))
+        parsed: list[Optional[Parsed]] = [None] * len(ids)
+        todo = list(range(len(ids)))
         for attempt in range(self.cfg.parse_retries + 1):
             # First pass greedy; retries sample so a stuck format can change.
             params = {"temperature": 0.0 if attempt == 0 else 0.7, "max_tokens": _MAX_VERDICT_TOKENS}
             outs = direct_generate(self.llm, [ids[i] for i in todo], [params] * len(todo))
+            if len(outs) != len(todo):  # vLLM returns one output per prompt, in order; never pair them blindly
+                raise RuntimeError(f"the judge engine returned {len(outs)} outputs for {len(todo)} prompts")
             for i, (text, _) in zip(todo, outs):
                 parsed[i] = self._parse(text)
             todo = [i for i in todo if parsed[i] is None]
             if not todo:
                 break
+        return parsed
+
+    def judge(self, items: Sequence[Mapping[str, str]]) -> list[Verdict]:
+        ids = [self._prompt_ids(i["prompt"], i["response"]) for i in items]
+        with self._engine_lock:
+            parsed = self._generate_verdicts(ids)
         verdicts = []
         for item, p in zip(items, parsed):
             marker = detect_refusal(item["response"])

@@ -86,6 +86,9 @@ def test_judge_deployments_take_resources_from_config():
     opts = deployment_options(JudgeConfig(num_cpus=4, num_gpus=1, replicas=2))
     assert opts["num_replicas"] == 2 and opts["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
     assert deployment_options(JudgeConfig())["ray_actor_options"] == {"num_cpus": 1.0}
+    # bounded work per replica: the rest waits in a bounded queue, beyond it Serve answers 503 at once
+    opts = deployment_options(JudgeConfig(max_ongoing_requests=2, max_queued_requests=8))
+    assert opts["max_ongoing_requests"] == 2 and opts["max_queued_requests"] == 8
 
 
 def test_every_config_field_has_a_description():
