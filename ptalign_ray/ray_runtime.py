@@ -97,3 +97,23 @@ def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
         for name in ("ray.data", "ray.train", "ray.serve", "ray.tune", "vllm"):
             logging.getLogger(name).setLevel(logging.WARNING)
     return ray
+
+
+def serve_is_running() -> bool:
+    """Whether Ray Serve already runs on the connected cluster (any proxy or application)."""
+    from ray import serve
+
+    status = serve.status()
+    return bool(status.proxies or status.applications)
+
+
+def remove_serve_app(name: str, serve_was_running: bool) -> None:
+    """Removes one Serve application this process deployed, and Serve itself only when it was not
+    running before and no other application runs on it now: serve.shutdown() would end every app on
+    a shared cluster."""
+    from ray import serve
+
+    if name in serve.status().applications:
+        serve.delete(name)
+    if not serve_was_running and not serve.status().applications:
+        serve.shutdown()

@@ -229,19 +229,15 @@ def judge_on_serve(
 
     serve.shutdown() would end every Serve app on a shared cluster: the judge app is deleted by
     name, and Serve itself (controller, proxy on the judge's port) is shut down only when it was
-    not running before and no other app runs on it now.
+    not running before and no other app runs on it now (ray_runtime.remove_serve_app).
     """
-    from ray import serve
+    from ptalign_ray.ray_runtime import remove_serve_app, serve_is_running
 
-    before = serve.status()
-    serve_was_running = bool(before.proxies or before.applications)
+    serve_was_running = serve_is_running()
     try:
         yield start_judge(cfg, policy_model_path, engine)
     finally:
-        if APP_NAME in serve.status().applications:
-            serve.delete(APP_NAME)
-        if not serve_was_running and not serve.status().applications:
-            serve.shutdown()
+        remove_serve_app(APP_NAME, serve_was_running)
 
 
 def judge_url(cfg: JudgeConfig) -> str:

@@ -394,14 +394,16 @@ def serve_forever(
     """`ptalign serve`: start, print the routes, keep serving until Ctrl-C / SIGTERM, shut down cleanly."""
     import ray
 
-    from ptalign_ray.ray_runtime import init_ray
+    from ptalign_ray.ray_runtime import init_ray, remove_serve_app, serve_is_running
 
     def _terminate(signum, frame):  # SIGTERM (docker stop, systemd) ends like Ctrl-C
         raise KeyboardInterrupt
 
     previous = signal.getsignal(signal.SIGTERM)
+    serve_was_running = True  # until known: never shut down a Serve this command did not start
     try:
         init_ray(cfg.ray, quiet=True)
+        serve_was_running = serve_is_running()
         # after ray.init, which installs its own SIGTERM handler (a stack dump, no clean shutdown)
         signal.signal(signal.SIGTERM, _terminate)
         url, plan = start_serving(cfg, run_dir, mode=mode, log=log)
@@ -419,7 +421,8 @@ def serve_forever(
     finally:
         signal.signal(signal.SIGTERM, previous)
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                remove_serve_app(APP_NAME, serve_was_running)  # other apps on a shared cluster keep running
         finally:
             ray.shutdown()
     log("[serve] stopped")

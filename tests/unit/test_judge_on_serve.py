@@ -1,4 +1,4 @@
-"""`ptalign refine` removes only what it started on Ray Serve: its judge app, and Serve itself only
+"""`ptalign refine` and `ptalign serve` remove only what they started on Ray Serve: their app, and Serve itself only
 when Serve was not running before and nothing else runs on it (serve.shutdown() would end every app
 on a shared cluster)."""
 
@@ -68,3 +68,27 @@ def test_an_app_deployed_meanwhile_keeps_serve_up(fake):
     with app.judge_on_serve(JudgeConfig()):
         f.apps.add("someone-else")
     assert f.calls == [("delete", "judge")] and f.running
+
+
+def test_ptalign_serve_on_a_shared_serve_removes_only_its_own_app(fake, monkeypatch):
+    """`ptalign serve` stopped (Ctrl-C / SIGTERM) on a cluster where Serve already ran other apps."""
+    import ray
+
+    from ptalign_ray import ray_runtime
+    from ptalign_ray.config import PipelineConfig
+    from ptalign_ray.serving import app as serving_app
+
+    f = fake(running=True, apps={"chat"})
+
+    def start(cfg, run_dir, mode=None, log=print):
+        f.apps.add(serving_app.APP_NAME)
+        raise KeyboardInterrupt  # stopped right after it came up
+
+    monkeypatch.setattr(ray_runtime, "init_ray", lambda cfg, quiet=None: None)
+    monkeypatch.setattr(serving_app, "start_serving", start)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", lambda: f.calls.append(("ray.shutdown",)))
+    lines = []
+    assert serving_app.serve_forever(PipelineConfig(), "unused", log=lines.append) == 0
+    assert f.calls == [("delete", "ptalign"), ("ray.shutdown",)] and f.apps == {"chat"}
+    assert lines[-1] == "[serve] stopped"
