@@ -1,6 +1,6 @@
 """`ray job submit` round trip: a real Ray head on 127.0.0.1 with token authentication, the
 documented runtime_env, a small pipeline (synthesis on the tiny model) submitted through the Job
-Submission API from a separate client process, outputs checked."""
+Submission API from a separate client process, outputs checked; a client without the token is refused."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,15 @@ CLIENT = textwrap.dedent(
     print(json.dumps({"status": str(status), "joined_head": joined, "logs": logs[-4000:]}))
     """
 )
+
+
+def _status(url: str, authorization: str | None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def test_submitted_synthesis_job_succeeds_and_writes_its_outputs(tmp_path, tiny_model):
@@ -94,6 +105,14 @@ def test_submitted_synthesis_job_succeeds_and_writes_its_outputs(tmp_path, tiny_
         manifest = read_json(RunDir(run_dir).stage_dir("synthesis") / "manifest.json")
         assert manifest["counts"]["triplets"] > 0
         assert list((RunDir(run_dir).stage_dir("synthesis") / "data").glob("*.parquet"))
+        # A client without the cluster's token is refused (401), one with another token too (403).
+        jobs = f"http://127.0.0.1:{dash_port}/api/jobs/"
+        for header, status in (
+            (None, 401),
+            (f"Bearer {secrets.token_hex(32)}", 403),
+            (f"Bearer {token.read_text()}", 200),
+        ):
+            assert _status(jobs, header) == status, header and header[:12]
     finally:
         head.send_signal(signal.SIGTERM)  # --block stops every process it started
         try:
