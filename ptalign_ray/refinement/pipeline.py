@@ -79,7 +79,7 @@ def judge_frame(ray_data, df: pd.DataFrame, url: str, cfg: PipelineConfig) -> pd
         fn_constructor_kwargs={"url": url, "judge": cfg.judge.model_dump(mode="json")},
         batch_size=cfg.refinement.batch_size,
         batch_format="pandas",
-        concurrency=1,
+        compute=ray_data.ActorPoolStrategy(size=1),  # one client actor: the judge batches on its side
         num_cpus=0.5,
     )
     try:
