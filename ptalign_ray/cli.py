@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,8 +73,24 @@ def _release_locks() -> None:
 _LOG_FILE: list = []  # the run directory's log (logs/ptalign.log), once a stage command opened it
 
 
+_SIGINT = {"received": False, "pending": False}  # see _on_sigint
+
+
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: KeyboardInterrupt as usual, and remembered. Some libraries lose the KeyboardInterrupt
+    (pydantic-core turns one raised while an import builds a model into a SchemaError, which the
+    importing code may catch): then the next console line raises it again, and main() exits 130
+    whatever exception the interrupted code ended with. Seen with `ptalign run` interrupted just
+    as refinement imported its judge app."""
+    _SIGINT["received"] = _SIGINT["pending"] = True
+    raise KeyboardInterrupt
+
+
 def _log(msg: str) -> None:
     """The project's own console line, also appended to the run directory's log."""
+    if _SIGINT["pending"]:  # a Ctrl-C that some library swallowed (see _on_sigint)
+        _SIGINT["pending"] = False
+        raise KeyboardInterrupt
     print(msg, flush=True)
     for f in _LOG_FILE:
         f.write(msg + "\n")
@@ -271,6 +289,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["PTALIGN_VERBOSE"] = "1"
+    # only over Python's own handler (not over an ignored SIGINT, nor off the main thread)
+    own_handler = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if own_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _SIGINT.update(received=False, pending=False)
+    try:
+        return _run_command(args)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception:
+        if _SIGINT["received"]:  # the interrupted code ended with another exception
+            return _interrupted()
+        raise
+    finally:
+        _release_locks()
+        if own_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run_command(args) -> int:
+    """The sub-command; user errors exit 2 with one line."""
     try:
         return args.fn(args)
     except (
@@ -283,13 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         ExportRefused,
         ValueError,
     ) as err:
+        if _SIGINT["received"]:  # a Ctrl-C that surfaced as another error
+            raise KeyboardInterrupt from err
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ptalign: interrupted; finished steps are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        _release_locks()
+
+
+def _interrupted() -> int:
+    print("ptalign: interrupted; finished steps are kept, rerun the same command to resume", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
