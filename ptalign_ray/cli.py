@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ptalign_ray.refinement.client import JudgeUnavailable
 from ptalign_ray.refinement.export import ExportRefused
 from ptalign_ray.runs import RunDir, RunDirLocked, RunLock, StageConfigMismatch
 from ptalign_ray.seeds import SeedError
+from ptalign_ray.stages import Context, Stage, run_stage
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -29,26 +32,29 @@ def _config(path: str | None) -> PipelineConfig:
     return load_config(path)
 
 
-def _stage_context(args) -> tuple[PipelineConfig, RunDir, str]:
-    """What every stage command needs: the config, the run directory, the model path, Ray."""
+def _stage_context(args) -> Context:
+    """What the stage commands need, made once per command (`run` too): the config, the run
+    directory (locked), the model path, Ray, and the stages' own options from the command line."""
     from ptalign_ray.models import resolve_model
+    from ptalign_ray.pipeline import STAGES
     from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.seeds import load_seeds
 
     cfg = _config(args.config)
     load_seeds(cfg.seeds)  # fail on a bad seed file before loading any model
     run = RunDir(args.run_dir)
-    _hold_lock(run)
+    lock = _hold_lock(run)
     _open_run_log(args.run_dir)
     model_path = resolve_model(cfg.model.name_or_path)
     init_ray(cfg.ray)
-    return cfg, run, model_path
+    options = {o.dest: getattr(args, o.dest, None) for stage in STAGES for o in stage.options}
+    return Context(cfg, run, model_path, log=_log, force=args.force, options=options, lock=lock)
 
 
-_LOCKS: dict[Path, RunLock] = {}  # run directories this command holds (`run` enters several stages)
+_LOCKS: dict[Path, RunLock] = {}  # the run directory this command holds
 
 
-def _hold_lock(run: RunDir) -> None:
+def _hold_lock(run: RunDir) -> RunLock:
     """One command at a time per run directory, held until main() returns (or the process dies).
 
     Only the stage commands and `run` take it: `export`, `serve` and `validate` only read (a stage
@@ -56,6 +62,7 @@ def _hold_lock(run: RunDir) -> None:
     """
     if run.root not in _LOCKS:
         _LOCKS[run.root] = run.lock(shlex.join(["ptalign", *sys.argv[1:]]))
+    return _LOCKS[run.root]
 
 
 def _release_locks() -> None:
@@ -66,8 +73,24 @@ def _release_locks() -> None:
 _LOG_FILE: list = []  # the run directory's log (logs/ptalign.log), once a stage command opened it
 
 
+_SIGINT = {"received": False, "pending": False}  # see _on_sigint
+
+
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: KeyboardInterrupt as usual, and remembered. Some libraries lose the KeyboardInterrupt
+    (pydantic-core turns one raised while an import builds a model into a SchemaError, which the
+    importing code may catch): then the next console line raises it again, and main() exits 130
+    whatever exception the interrupted code ended with. Seen with `ptalign run` interrupted just
+    as refinement imported its judge app."""
+    _SIGINT["received"] = _SIGINT["pending"] = True
+    raise KeyboardInterrupt
+
+
 def _log(msg: str) -> None:
     """The project's own console line, also appended to the run directory's log."""
+    if _SIGINT["pending"]:  # a Ctrl-C that some library swallowed (see _on_sigint)
+        _SIGINT["pending"] = False
+        raise KeyboardInterrupt
     print(msg, flush=True)
     for f in _LOG_FILE:
         f.write(msg + "\n")
@@ -84,125 +107,18 @@ def _open_run_log(run_dir: str) -> None:
          "vLLM and Ray Train included, are in /tmp/ray/session_latest/logs; --verbose prints them here)")  # fmt: skip
 
 
-def _print_synthesis_summary(manifest: dict) -> None:
-    steps = manifest["steps"]
-    _log("")
-    _log("== synthesis summary ==")
-    _log(f"  seed annotations : {manifest['seeds']['total']} ({manifest['seeds']['domains']} domains)")
-    t = steps["topics"]
-    _log(f"  topics           : {t['topics_kept']} kept / {t['topics_parsed']} parsed from {t['rows']} brainstorms")
-    q = steps["questions"]
-    sc = steps.get("screening", {})
-    _log(
-        f"  questions        : {sc.get('questions_kept', 0)} red-team kept / {q['questions_parsed']} parsed from {q['rows']} "
-        f"prompts ({q['near_duplicates_dropped']} near-duplicates removed)"
-    )
-    r = steps["responses"]
-    _log(
-        f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty"
-    )
-    red = (sc.get("by_kind") or {}).get("red_team")
-    if red:
-        _log(f"  question judge   : {red.get('red_team', 0)} of {red['generated']} red-team questions judged harmful "
-             f"({red['harmful_share']:.0%}); {red.get('benign', 0)} moved to benign, {red.get('ambiguous', 0)} ambiguous "
-             f"and {red.get('fragment', 0)} fragments dropped")  # fmt: skip
-    if sc.get("benign_questions_kept") or sc.get("everyday_questions_kept"):
-        _log(f"  benign anchor    : {sc.get('benign_questions_kept', 0)} edgy + {sc.get('everyday_questions_kept', 0)} "
-             f"everyday questions, {r['benign_answers']} answered by the model")  # fmt: skip
-    for name in ("topics", "questions", "responses"):
-        s = steps[name]
-        start = s.get("engine_start_s", 0.0)
-        work = s["seconds"] - start
-        rate = s["generated_tokens"] / work if work > 0 else 0.0
-        resumed = " (resumed from checkpoint)" if s.get("resumed") else ""
-        started = f" + engine start {start:.1f}s" if start else ""
-        _log(
-            f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {work:>6.1f}s ({rate:.0f} tok/s){started}{resumed}"
-        )
-    _log(
-        f"  total            : {manifest['tokens']['generated']} tokens, {manifest['wall_seconds']:.1f}s wall, "
-        f"{manifest['generated_tokens_per_second']:.0f} tok/s"
-    )
+def _run_stages(stages: list[Stage], ctx: Context) -> None:
+    """Runs (or skips as finished) each stage the config wants, and prints its summary."""
+    for stage in stages:
+        if stage.wanted(ctx.cfg):
+            stage.summary(run_stage(stage, ctx), ctx)
 
 
-def cmd_synthesize(args) -> int:
-    from ptalign_ray.synthesis.pipeline import synthesize
+def cmd_stage(args) -> int:
+    """One stage command (`ptalign synthesize`, `refine`, `train`, `evaluate`): its stages, in order."""
+    from ptalign_ray.pipeline import commands
 
-    cfg, run, model_path = _stage_context(args)
-    manifest = synthesize(cfg, run, model_path, force=args.force, log=_log)
-    _print_synthesis_summary(manifest)
-    _log(f"  output           : {run.stage_dir('synthesis') / 'data'}")
-    return 0
-
-
-def _print_refinement_summary(manifest: dict) -> None:
-    q = manifest["quality"]
-    _log("")
-    _log("== refinement summary ==")
-    _log(f"  judge            : {manifest['judge']['backend']} at {manifest['judge']['url']}")
-    for r in q["rounds"]:
-        passed = ", ".join(f"{p} {c['passed']}/{c['total']}" for p, c in r["pass"].items())
-        extra = f"; {r['failing']} failing, {r['candidates']} candidates, {r['fixed']} fixed" if r["round"] else ""
-        _log(f"  round {r['round']}          : pass {passed}{extra} ({r['seconds']:.1f}s)")
-    _log(
-        f"  kept             : {q['kept']} of {q['questions']} questions ({q['kept_rate']:.0%}) with a passing positive AND toxic"
-    )
-    if q["drop_reasons"]:
-        _log("  dropped          : " + "; ".join(f"{k} x{v}" for k, v in q["drop_reasons"].items()))
-    _log(
-        "  per domain       : "
-        + ", ".join(f"{d} {c['kept']}/{c['kept'] + c['dropped']}" for d, c in q["per_domain"].items())
-    )
-    b = q.get("benign") or {}
-    if b.get("total"):
-        why = "; ".join(f"{k} x{v}" for k, v in b["drop_reasons"].items()) or "none dropped"
-        by_kind = ", ".join(f"{v} {k}" for k, v in (b.get("kept_by_kind") or {}).items())
-        _log(
-            f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful){f' ({by_kind})' if by_kind else ''}; {why}"
-        )
-    own = q.get("own_answers") or {}
-    if own.get("own_answers"):
-        _log(
-            f"  own answers      : {own['own_harmful']} of {own['own_answers']} judged harmful, used as the toxic sample"
-        )
-    _log(f"  wall time        : {manifest['wall_seconds']:.1f}s, {manifest['tokens']['generated']} tokens generated")
-
-
-def cmd_refine(args) -> int:
-    from ptalign_ray.refinement.pipeline import refine
-
-    cfg, run, model_path = _stage_context(args)
-    manifest = refine(cfg, run, model_path, judge_url=getattr(args, "judge_url", None), force=args.force, log=_log)
-    _print_refinement_summary(manifest)
-    _log(
-        f"  output           : {run.stage_dir('refinement') / 'data'} (quality: {run.stage_dir('refinement') / 'quality.json'})"
-    )
-    return 0
-
-
-def cmd_train(args) -> int:
-    """PT-ALIGN on Ray Train (and the MLE-only / DPO comparison models when the config asks for them)."""
-    from ptalign_ray.artifacts import trained_variants
-    from ptalign_ray.training.stage import print_training_summary, train_stage
-
-    cfg, run, model_path = _stage_context(args)
-    for variant in trained_variants(cfg.training):
-        manifest = train_stage(cfg, run, model_path, variant=variant, force=args.force, log=_log)
-        print_training_summary(manifest, _log)
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    """Base vs MLE-only vs PT-ALIGN on the evaluation prompt sets; logic in ptalign_ray/evaluation/."""
-    from ptalign_ray.evaluation.stage import evaluate, print_evaluation_summary
-
-    cfg, run, model_path = _stage_context(args)
-    manifest = evaluate(cfg, run, model_path, force=args.force, log=_log)
-    print_evaluation_summary(manifest, _log)
-    out = run.stage_dir("evaluation")
-    _log(
-        f"  report           : {out / 'report.html'} ({out / 'report.md'}, {out / 'report.json'}, plots in {out / 'plots'})"
-    )
+    _run_stages(commands()[args.command], _stage_context(args))
     return 0
 
 
@@ -227,19 +143,18 @@ def cmd_serve(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """synthesize -> refine -> train -> evaluate (-> serve with --serve). A finished stage with the
-    same config is skipped, so a run interrupted anywhere resumes at the first unfinished stage."""
+    """Every stage command in pipeline order (ptalign_ray/pipeline.py: synthesize -> refine -> train ->
+    evaluate), then serve with --serve. A finished stage with the same config is skipped, so a run
+    interrupted anywhere resumes at the first unfinished stage."""
+    from ptalign_ray.pipeline import commands
+
     t0 = time.perf_counter()
+    ctx = _stage_context(args)  # one config, one model, one Ray for every stage
     seconds: dict[str, float] = {}
-    for name, fn in (
-        ("synthesize", cmd_synthesize),
-        ("refine", cmd_refine),
-        ("train", cmd_train),
-        ("evaluate", cmd_evaluate),
-    ):
+    for name, stages in commands().items():
         _log(f"\n[run] stage {name}")
         start = time.perf_counter()
-        fn(args)
+        _run_stages(stages, ctx)
         seconds[name] = time.perf_counter() - start
     from ptalign_ray.generation import ENGINE_STARTS, release_engines
 
@@ -335,15 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    stage("synthesize", cmd_synthesize, "seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)")
-    r = stage("refine", cmd_refine, "judge every sample on Ray Serve; revise / resample failures for K rounds")
-    r.add_argument("--judge-url", default=None, help="use a running judge endpoint instead of starting one")
-    stage("train", cmd_train, "dual instruction tuning (MLE + token-level unlikelihood) on Ray Train")
-    stage(
-        "evaluate",
-        cmd_evaluate,
-        "base vs MLE-only vs PT-ALIGN on HarmBench / AdvBench / jailbreaks / over-refusal; report",
-    )
+    from ptalign_ray.pipeline import commands
+
+    for command, stages in commands().items():  # one sub-command per stage command, in pipeline order
+        sp = stage(command, cmd_stage, stages[0].help)
+        for option in dict.fromkeys(o for s in stages for o in s.options):
+            sp.add_argument(option.flag, dest=option.dest, default=None, help=option.help)
     e = sub.add_parser("export", help="refined dataset as JSONL: sft (positives) or preference (needs --include-toxic)")
     e.add_argument("--run-dir", "-r", default="runs/default")
     e.add_argument("--format", choices=["sft", "preference"], default="sft")
@@ -361,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument(
         "--serve", action="store_true", help="serve the aligned model and the judge when done (Ctrl-C stops)"
     )
-    rn.set_defaults(mode=None, host=None, port=None, judge_url=None)
+    rn.set_defaults(mode=None, host=None, port=None)
     v = sub.add_parser("validate", help="check a config and its seed file without running anything")
     v.add_argument("--config", "-c", default=None)
     v.set_defaults(fn=cmd_validate)
@@ -377,6 +289,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["PTALIGN_VERBOSE"] = "1"
+    # only over Python's own handler (not over an ignored SIGINT, nor off the main thread)
+    own_handler = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if own_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _SIGINT.update(received=False, pending=False)
+    try:
+        return _run_command(args)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception:
+        if _SIGINT["received"]:  # the interrupted code ended with another exception
+            return _interrupted()
+        raise
+    finally:
+        _release_locks()
+        if own_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run_command(args) -> int:
+    """The sub-command; user errors exit 2 with one line."""
     try:
         return args.fn(args)
     except (
@@ -389,13 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         ExportRefused,
         ValueError,
     ) as err:
+        if _SIGINT["received"]:  # a Ctrl-C that surfaced as another error
+            raise KeyboardInterrupt from err
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ptalign: interrupted; finished steps are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        _release_locks()
+
+
+def _interrupted() -> int:
+    print("ptalign: interrupted; finished steps are kept, rerun the same command to resume", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -125,8 +125,10 @@ class RunDir:
 
     def data_dir(self, stage: str) -> Path:
         if not self.is_done(stage):
+            from ptalign_ray.stages import command_of  # the stage modules import this module
+
             raise FileNotFoundError(
-                f"stage '{stage}' has not finished in {self.root}; run `ptalign {stage_command(stage)}` first"
+                f"stage '{stage}' has not finished in {self.root}; run `ptalign {command_of(stage)}` first"
             )
         return self.stage_dir(stage) / "data"
 
@@ -327,12 +329,6 @@ def checkpointed(work: Path, name: str, config_hash: str, compute: Callable[[], 
     write_parquet_atomic(df, data)
     write_json_atomic(meta, {"config_hash": config_hash, "stats": stats, "rows": len(df), "sha256": file_sha256(data)})
     return df, stats
-
-
-def stage_command(stage: str) -> str:
-    return {"synthesis": "synthesize", "refinement": "refine", "training": "train", "evaluation": "evaluate"}.get(
-        stage, stage
-    )
 
 
 class StepTimer:

@@ -37,15 +37,8 @@ from ptalign_ray.evaluation.judges import build_judge
 from ptalign_ray.evaluation.overlap import overlap_report
 from ptalign_ray.evaluation.prompt_sets import SOURCES, select_prompts
 from ptalign_ray.evaluation.sampled import generation_rows, sampled_uids
-from ptalign_ray.runs import (
-    MANIFEST,
-    RunDir,
-    checkpointed,
-    finished_stage,
-    versions,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from ptalign_ray.runs import RunDir, checkpointed, write_json_atomic, write_parquet_atomic
+from ptalign_ray.stages import Context, Stage, run_stage
 
 STAGE = "evaluation"
 TRAINED = {name: v.stage for name, v in VARIANTS.items()}
@@ -166,27 +159,44 @@ def evaluate(
 
     ``judge_factory(name)``, when given, builds the evaluation judges instead of the registry (tests).
     """
+    ctx = Context(cfg, run, model_path, log=log, force=force, options={"judge_factory": judge_factory})
+    return run_stage(EVALUATE, ctx)
+
+
+def _plan(ctx: Context) -> tuple[dict, dict, dict, dict, pd.DataFrame]:
+    """What is evaluated on what: (models, skipped models, reference questions, their hashes, selected
+    prompts). Cheap; worked out for the stage's hash and again when it runs."""
+    models, skipped = resolve_models(ctx.cfg, ctx.run, ctx.model_path)
+    refs, ref_hashes = training_references(ctx.cfg, ctx.run)
+    selected = select_prompts(ctx.cfg.evaluation, ctx.cfg.seed)
+    return models, skipped, refs, ref_hashes, selected
+
+
+def _reads(ctx: Context) -> tuple[str, ...]:
+    """The synthesised / refined questions (overlap exclusion) and every trained model it evaluates."""
+    models, _ = resolve_models(ctx.cfg, ctx.run, ctx.model_path)
+    questions = tuple(stage for stage in ("synthesis", "refinement") if ctx.run.is_done(stage))
+    return questions + tuple(TRAINED[m] for m in models if m in TRAINED)
+
+
+def _config_hash(ctx: Context, upstream: dict) -> str:
+    models, skipped, _, ref_hashes, selected = _plan(ctx)
+    prompt_hash = _hash(list(zip(selected["uid"], selected["prompt"], selected["kind"])))
+    return _hash({"evaluation": ctx.cfg.evaluation.model_dump(mode="json"), "seed": ctx.cfg.seed, "prompts": prompt_hash,
+                  "models": {m: v["identity"] for m, v in models.items()}, "skipped": sorted(skipped),
+                  "references": ref_hashes})  # fmt: skip
+
+
+def _run(ctx: Context) -> dict:
+    """Generation per model, every judge on every answer, metrics and the report; each step checkpointed."""
     from ptalign_ray.evaluation.metrics import summarize
     from ptalign_ray.evaluation.report import write_report
     from ptalign_ray.ray_runtime import init_ray
 
+    cfg, run, log, chash = ctx.cfg, ctx.run, ctx.log, ctx.config_hash
+    judge_factory = ctx.options.get("judge_factory")
     ecfg = cfg.evaluation
-    if force:
-        run.clear(STAGE)
-    models, skipped = resolve_models(cfg, run, model_path)
-    refs, ref_hashes = training_references(cfg, run)
-    selected = select_prompts(ecfg, cfg.seed)
-    prompt_hash = _hash(list(zip(selected["uid"], selected["prompt"], selected["kind"])))
-    chash = _hash({"evaluation": ecfg.model_dump(mode="json"), "seed": cfg.seed, "prompts": prompt_hash,
-                   "models": {m: v["identity"] for m, v in models.items()}, "skipped": sorted(skipped),
-                   "references": ref_hashes})  # fmt: skip
-    # what it read: the synthesised / refined questions and every trained model it evaluates
-    upstream = {k: v for k, v in ref_hashes.items() if k != "seeds"}
-    upstream.update({m: v["identity"][TRAINED[m]] for m, v in models.items() if m in TRAINED})
-    done = finished_stage(run, STAGE, chash, log, upstream)
-    if done is not None:
-        return done
-
+    models, skipped, refs, ref_hashes, selected = _plan(ctx)
     t_stage = time.perf_counter()
     for name, reason in skipped.items():
         log(f"[evaluation] skipping model '{name}': {reason}")
@@ -359,44 +369,37 @@ def evaluate(
     results["time_budget"] = {"wall_s": results["wall_seconds"], "engine_start_s": engine_s, "generation_s": generation_s,
                               "judging_s": judging_s,
                               "other_s": round(results["wall_seconds"] - engine_s - generation_s - judging_s, 2)}  # fmt: skip
-    with run.building(STAGE) as tmp:
-        write_parquet_atomic(data, tmp / "data" / "generations.parquet")
-        files = write_report(results, tmp, run)
-        manifest = {
-            "stage": STAGE,
-            "config_hash": chash,
-            "upstream": upstream,
-            "models": list(models),
-            "models_skipped": skipped,
-            "prompts": {
-                "selected": len(selected),
-                "excluded_overlap": overlap["excluded_total"],
-                "generated_per_model": len(prompts),
-                "sampled_prompts": len(sampled_ids),
-                "sampled_answers_per_model": len(rows) - len(prompts),
-            },  # fmt: skip
-            "generation": gen_stats,
-            "judging": judge_stats | {"construct_seconds": construct_s},
-            "time_budget": results["time_budget"],
-            "judges": {
-                j: {
-                    t: {k: a.get(k) for k in ("n", "accuracy", "accuracy_ci")}
-                    for t, a in i["agreement"].items()
-                    if isinstance(a, dict)
-                }
-                for j, i in judge_info.items()
-            },  # fmt: skip
-            "headline_judge": head,
-            "report": files,
-            "headline": headline(metrics, list(models)),
-            "note": "data/generations.parquet holds the models' answers, including answers to harmful prompts: "
-            "a training-style artefact, keep it inside the run directory",
-            "wall_seconds": round(time.perf_counter() - t_stage, 2),
-            "config": cfg.model_dump(mode="json", include={"evaluation", "seed"}),
-            "versions": versions(),
-        }
-        write_json_atomic(tmp / MANIFEST, manifest)
-    return run.manifest(STAGE)
+    write_parquet_atomic(data, ctx.out / "data" / "generations.parquet")
+    files = write_report(results, ctx.out, run)
+    return {
+        "models": list(models),
+        "models_skipped": skipped,
+        "prompts": {
+            "selected": len(selected),
+            "excluded_overlap": overlap["excluded_total"],
+            "generated_per_model": len(prompts),
+            "sampled_prompts": len(sampled_ids),
+            "sampled_answers_per_model": len(rows) - len(prompts),
+        },  # fmt: skip
+        "generation": gen_stats,
+        "judging": judge_stats | {"construct_seconds": construct_s},
+        "time_budget": results["time_budget"],
+        "judges": {
+            j: {
+                t: {k: a.get(k) for k in ("n", "accuracy", "accuracy_ci")}
+                for t, a in i["agreement"].items()
+                if isinstance(a, dict)
+            }
+            for j, i in judge_info.items()
+        },  # fmt: skip
+        "headline_judge": head,
+        "report": files,
+        "headline": headline(metrics, list(models)),
+        "note": "data/generations.parquet holds the models' answers, including answers to harmful prompts: "
+        "a training-style artefact, keep it inside the run directory",
+        "wall_seconds": round(time.perf_counter() - t_stage, 2),
+        "config": cfg.model_dump(mode="json", include={"evaluation", "seed"}),
+    }
 
 
 def headline(metrics: dict, models: list[str]) -> dict:
@@ -504,3 +507,23 @@ def _budget_text(budget: Optional[dict]) -> str:
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def print_summary(manifest: dict, ctx: Context) -> None:
+    """The evaluation summary and where the report is."""
+    print_evaluation_summary(manifest, ctx.log)
+    out = ctx.run.stage_dir(STAGE)
+    ctx.log(
+        f"  report           : {out / 'report.html'} ({out / 'report.md'}, {out / 'report.json'}, plots in {out / 'plots'})"
+    )
+
+
+EVALUATE = Stage(
+    name=STAGE,
+    command="evaluate",
+    help="base vs MLE-only vs PT-ALIGN on HarmBench / AdvBench / jailbreaks / over-refusal; report",
+    run=_run,
+    summary=print_summary,
+    reads=_reads,
+    config_hash=_config_hash,
+)

@@ -16,24 +16,16 @@ from typing import Optional
 
 import pandas as pd
 
-from ptalign_ray.artifacts import BENIGN_DIR, SYNTHESIS, load_benign, load_triplets, upstream_key
+from ptalign_ray.artifacts import BENIGN_DIR, SYNTHESIS, load_benign, load_triplets
 from ptalign_ray.config import JudgeConfig, PipelineConfig
 from ptalign_ray.dedup import near_duplicate_mask
 from ptalign_ray.generation import generate, token_stats
 from ptalign_ray.refinement.client import JudgeClient, JudgeUnavailable
 from ptalign_ray.refinement.criteria import better, failure_reason
 from ptalign_ray.refinement.prompts import candidate_messages
-from ptalign_ray.runs import (
-    MANIFEST,
-    RunDir,
-    StepTimer,
-    checkpointed,
-    finished_stage,
-    versions,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from ptalign_ray.runs import RunDir, StepTimer, checkpointed, write_json_atomic, write_parquet_atomic
 from ptalign_ray.seeds import load_seeds, seeds_hash
+from ptalign_ray.stages import Context, Option, Stage, run_stage
 
 STAGE = "refinement"
 BENIGN_COLUMNS = ["id", "kind", "domain", "topic", "question", "response", "refusal", "score", "model", "config_hash"]
@@ -244,20 +236,20 @@ def _quality(state_rounds: list[dict], out: pd.DataFrame, dropped: pd.DataFrame,
 def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optional[str] = None,
            force: bool = False, log=print) -> dict:  # fmt: skip
     """Runs (or resumes) the refinement stage against the judge at judge_url (started here if None)."""
+    return run_stage(REFINE, Context(cfg, run, model_path, log=log, force=force, options={"judge_url": judge_url}))
+
+
+def _config_hash(ctx: Context, upstream: dict) -> str:
+    return config_hash(ctx.cfg, upstream[SYNTHESIS], load_seeds(ctx.cfg.seeds))
+
+
+def _run(ctx: Context) -> dict:
+    """Round 0, K refinement rounds and the benign answers, each checkpointed; then the kept triplets."""
     import ray.data as ray_data
 
-    syn = run.manifest(SYNTHESIS) if run.is_done(SYNTHESIS) else None
-    if syn is None:
-        raise FileNotFoundError(f"no finished synthesis in {run.root}; run `ptalign synthesize` first")
+    cfg, run, model_path, log, chash = ctx.cfg, ctx.run, ctx.model_path, ctx.log, ctx.config_hash
+    judge_url = ctx.options.get("judge_url")
     seeds = load_seeds(cfg.seeds)
-    upstream = {SYNTHESIS: upstream_key(run, SYNTHESIS)}
-    chash = config_hash(cfg, upstream[SYNTHESIS], seeds)
-    if force:
-        run.clear(STAGE)
-    done = finished_stage(run, STAGE, chash, log, upstream)
-    if done is not None:
-        return done
-
     triplets = load_triplets(run)
     work = run.work_dir(STAGE)
     timer = StepTimer()
@@ -320,10 +312,7 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
     kept_benign = judged[judged["reason"].isna()].assign(config_hash=chash)
     generated = sum(r.get("generated_tokens", 0) for r in rounds)
     manifest = {
-        "stage": STAGE,
-        "config_hash": chash,
-        "upstream": upstream,
-        "synthesis_config_hash": syn["config_hash"],
+        "synthesis_config_hash": run.manifest(SYNTHESIS)["config_hash"],
         "model": cfg.model.name_or_path,
         "judge": {"backend": cfg.judge.backend, "model": cfg.judge.model, "url": judge_url},
         "quality": quality,
@@ -332,15 +321,12 @@ def refine(cfg: PipelineConfig, run: RunDir, model_path: str, judge_url: Optiona
         "wall_seconds": timer.wall_seconds,
         "time_budget": timer.time_budget(),
         "config": cfg.model_dump(mode="json", include={"judge", "refinement"}),
-        "versions": versions(),
     }
-    with run.building(STAGE) as tmp:
-        write_parquet_atomic(out, tmp / "data" / "triplets.parquet")
-        write_parquet_atomic(kept_benign.reindex(columns=BENIGN_COLUMNS), tmp / BENIGN_DIR / "benign.parquet")
-        write_parquet_atomic(dropped, tmp / "dropped.parquet")
-        write_json_atomic(tmp / "quality.json", quality)
-        write_json_atomic(tmp / MANIFEST, manifest)
-    return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
+    write_parquet_atomic(out, ctx.out / "data" / "triplets.parquet")
+    write_parquet_atomic(kept_benign.reindex(columns=BENIGN_COLUMNS), ctx.out / BENIGN_DIR / "benign.parquet")
+    write_parquet_atomic(dropped, ctx.out / "dropped.parquet")
+    write_json_atomic(ctx.out / "quality.json", quality)
+    return manifest
 
 
 def _judge_benign(ray_data, cfg: PipelineConfig, url: str, benign: pd.DataFrame) -> pd.DataFrame:
@@ -373,3 +359,52 @@ def _fmt(pass_counts: dict) -> str:
 
 def load_refined(run: RunDir) -> pd.DataFrame:
     return pd.read_parquet(run.data_dir(STAGE))
+
+
+def print_summary(manifest: dict, ctx: Context) -> None:
+    """The `== refinement summary ==` block: judge, pass counts per round, what was kept and why not."""
+    _log = ctx.log
+    q = manifest["quality"]
+    _log("")
+    _log("== refinement summary ==")
+    _log(f"  judge            : {manifest['judge']['backend']} at {manifest['judge']['url']}")
+    for r in q["rounds"]:
+        passed = ", ".join(f"{p} {c['passed']}/{c['total']}" for p, c in r["pass"].items())
+        extra = f"; {r['failing']} failing, {r['candidates']} candidates, {r['fixed']} fixed" if r["round"] else ""
+        _log(f"  round {r['round']}          : pass {passed}{extra} ({r['seconds']:.1f}s)")
+    _log(
+        f"  kept             : {q['kept']} of {q['questions']} questions ({q['kept_rate']:.0%}) with a passing positive AND toxic"
+    )
+    if q["drop_reasons"]:
+        _log("  dropped          : " + "; ".join(f"{k} x{v}" for k, v in q["drop_reasons"].items()))
+    _log(
+        "  per domain       : "
+        + ", ".join(f"{d} {c['kept']}/{c['kept'] + c['dropped']}" for d, c in q["per_domain"].items())
+    )
+    b = q.get("benign") or {}
+    if b.get("total"):
+        why = "; ".join(f"{k} x{v}" for k, v in b["drop_reasons"].items()) or "none dropped"
+        by_kind = ", ".join(f"{v} {k}" for k, v in (b.get("kept_by_kind") or {}).items())
+        _log(
+            f"  benign answers   : {b['kept']} of {b['total']} kept (helpful, not harmful){f' ({by_kind})' if by_kind else ''}; {why}"
+        )
+    own = q.get("own_answers") or {}
+    if own.get("own_answers"):
+        _log(
+            f"  own answers      : {own['own_harmful']} of {own['own_answers']} judged harmful, used as the toxic sample"
+        )
+    _log(f"  wall time        : {manifest['wall_seconds']:.1f}s, {manifest['tokens']['generated']} tokens generated")
+    out = ctx.run.stage_dir(STAGE)
+    _log(f"  output           : {out / 'data'} (quality: {out / 'quality.json'})")
+
+
+REFINE = Stage(
+    name=STAGE,
+    command="refine",
+    help="judge every sample on Ray Serve; revise / resample failures for K rounds",
+    run=_run,
+    summary=print_summary,
+    reads=(SYNTHESIS,),
+    config_hash=_config_hash,
+    options=(Option("--judge-url", "judge_url", "use a running judge endpoint instead of starting one"),),
+)

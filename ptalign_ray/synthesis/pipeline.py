@@ -33,17 +33,14 @@ from ptalign_ray.config import PipelineConfig
 from ptalign_ray.dedup import near_duplicate_mask
 from ptalign_ray.generation import generate, token_stats
 from ptalign_ray.runs import (
-    MANIFEST,
     RunDir,
     StageConfigMismatch,  # noqa: F401  (re-exported: callers catch it from here)
     StepTimer,
     checkpointed,
-    finished_stage,
-    versions,
-    write_json_atomic,
     write_parquet_atomic,
 )
 from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
+from ptalign_ray.stages import Context, Stage, run_stage
 from ptalign_ray.synthesis.parsing import parse_questions, parse_topics
 from ptalign_ray.synthesis.prompts import (
     benign_answer_messages,
@@ -290,17 +287,20 @@ def _step_responses(
 
 def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = False, log=print) -> dict:
     """Runs (or resumes) the synthesis stage; returns its manifest. A finished stage is a no-op."""
+    return run_stage(SYNTHESIZE, Context(cfg, run, model_path, log=log, force=force))
+
+
+def _config_hash(ctx: Context, upstream: dict) -> str:
+    return config_hash(ctx.cfg, load_seeds(ctx.cfg.seeds))
+
+
+def _run(ctx: Context) -> dict:
+    """The four steps; topics, questions and screening are checkpointed in the work folder."""
     import ray.data as ray_data
 
+    cfg, model_path, log, chash = ctx.cfg, ctx.model_path, ctx.log, ctx.config_hash
     seeds = load_seeds(cfg.seeds)
-    chash = config_hash(cfg, seeds)
-    if force:
-        run.clear(STAGE)
-    done = finished_stage(run, STAGE, chash, log)
-    if done is not None:
-        return done
-
-    work = run.work_dir(STAGE)
+    work = ctx.work
     # the question judge's settings do not change what the model wrote: tuning them keeps these steps
     ghash = hashlib.sha256(f"{generation_hash(cfg)}:{seeds_hash(seeds)}".encode()).hexdigest()[:16]
     timer = StepTimer()
@@ -349,8 +349,6 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
 
     generated = sum(s.get("generated_tokens", 0) for s in timer.steps.values())
     manifest = {
-        "stage": STAGE,
-        "config_hash": chash,
         "model": cfg.model.name_or_path,
         "model_path": model_path,
         "seeds": {"source": cfg.seeds, "hash": seeds_hash(seeds), **seeds.annotation_breakdown,
@@ -374,10 +372,61 @@ def synthesize(cfg: PipelineConfig, run: RunDir, model_path: str, force: bool = 
         "time_budget": timer.time_budget(),
         "generated_tokens_per_second": round(generated / max(timer.wall_seconds, 1e-9), 1),
         "config": cfg.model_dump(mode="json", include={"model", "synthesis", "engine", "seed"}),
-        "versions": versions(),
     }  # fmt: skip
-    with run.building(STAGE) as tmp:
-        write_parquet_atomic(triplets, tmp / "data" / "triplets.parquet")
-        write_parquet_atomic(benign, tmp / BENIGN_DIR / "benign.parquet")
-        write_json_atomic(tmp / MANIFEST, manifest)
-    return run.manifest(STAGE)  # as stored (JSON), so a rerun returns exactly the same
+    write_parquet_atomic(triplets, ctx.out / "data" / "triplets.parquet")
+    write_parquet_atomic(benign, ctx.out / BENIGN_DIR / "benign.parquet")
+    return manifest
+
+
+def print_summary(manifest: dict, ctx: Context) -> None:
+    """The `== synthesis summary ==` block: counts, then tokens and time per generation step."""
+    _log = ctx.log
+    steps = manifest["steps"]
+    _log("")
+    _log("== synthesis summary ==")
+    _log(f"  seed annotations : {manifest['seeds']['total']} ({manifest['seeds']['domains']} domains)")
+    t = steps["topics"]
+    _log(f"  topics           : {t['topics_kept']} kept / {t['topics_parsed']} parsed from {t['rows']} brainstorms")
+    q = steps["questions"]
+    sc = steps.get("screening", {})
+    _log(
+        f"  questions        : {sc.get('questions_kept', 0)} red-team kept / {q['questions_parsed']} parsed from {q['rows']} "
+        f"prompts ({q['near_duplicates_dropped']} near-duplicates removed)"
+    )
+    r = steps["responses"]
+    _log(
+        f"  triplets         : {r['triplets']} (question, positive, toxic); {r['empty_responses_dropped']} dropped empty"
+    )
+    red = (sc.get("by_kind") or {}).get("red_team")
+    if red:
+        _log(f"  question judge   : {red.get('red_team', 0)} of {red['generated']} red-team questions judged harmful "
+             f"({red['harmful_share']:.0%}); {red.get('benign', 0)} moved to benign, {red.get('ambiguous', 0)} ambiguous "
+             f"and {red.get('fragment', 0)} fragments dropped")  # fmt: skip
+    if sc.get("benign_questions_kept") or sc.get("everyday_questions_kept"):
+        _log(f"  benign anchor    : {sc.get('benign_questions_kept', 0)} edgy + {sc.get('everyday_questions_kept', 0)} "
+             f"everyday questions, {r['benign_answers']} answered by the model")  # fmt: skip
+    for name in ("topics", "questions", "responses"):
+        s = steps[name]
+        start = s.get("engine_start_s", 0.0)
+        work = s["seconds"] - start
+        rate = s["generated_tokens"] / work if work > 0 else 0.0
+        resumed = " (resumed from checkpoint)" if s.get("resumed") else ""
+        started = f" + engine start {start:.1f}s" if start else ""
+        _log(
+            f"  {name:<16} : {s['generated_tokens']:>7} tokens generated in {work:>6.1f}s ({rate:.0f} tok/s){started}{resumed}"
+        )
+    _log(
+        f"  total            : {manifest['tokens']['generated']} tokens, {manifest['wall_seconds']:.1f}s wall, "
+        f"{manifest['generated_tokens_per_second']:.0f} tok/s"
+    )
+    _log(f"  output           : {ctx.run.stage_dir(STAGE) / 'data'}")
+
+
+SYNTHESIZE = Stage(
+    name=STAGE,
+    command="synthesize",
+    help="seeds -> topics -> questions -> positive/toxic responses (Ray Data + vLLM)",
+    run=_run,
+    summary=print_summary,
+    config_hash=_config_hash,
+)

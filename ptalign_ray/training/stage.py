@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ptalign_ray.artifacts import VARIANTS, training_stage, upstream_key
+from ptalign_ray.artifacts import VARIANTS, trained_variants, training_stage
 from ptalign_ray.config import PipelineConfig, TrainingConfig
-from ptalign_ray.runs import MANIFEST, RunDir, StageConfigMismatch, finished_stage, versions, write_json_atomic  # noqa: F401
+from ptalign_ray.runs import RunDir, StageConfigMismatch  # noqa: F401  (re-exported: callers catch it from here)
+from ptalign_ray.stages import Context, Stage, run_stage
 
 # Fields that change how a run is operated, not what it learns: a restart may change them.
 _OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only", "ablation_dpo")
@@ -114,30 +115,46 @@ def train_stage(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Runs (or resumes) one training variant; returns its manifest. A finished stage is a no-op."""
+    stage = next(s for s in TRAIN if s.name == training_stage(variant))
+    return run_stage(stage, Context(cfg, run, model_path, log=log, force=force))
+
+
+def _source(ctx: Context) -> tuple[str, ...]:
+    """What it trains on: the refined dataset when refinement has finished, else the synthesis triplets."""
+    from ptalign_ray.training.data import source_stage
+
+    return (source_stage(ctx.run),)
+
+
+def _config_hash(ctx: Context, upstream: dict, variant: str) -> str:
+    from ptalign_ray.training.objectives import build_objective
+
+    tcfg = variant_training(ctx.cfg, variant)
+    objective = build_objective(tcfg)
+    if objective.uses_reference and not tcfg.lora.enabled:
+        raise ValueError(f"[{training_stage(variant)}] objective {objective.name!r} needs training.lora.enabled (its "
+                         "reference model is the base model with the adapter off)")  # fmt: skip
+    [(source, source_hash)] = upstream.items()
+    return training_hash(ctx.cfg, variant, source, source_hash)
+
+
+def _run(ctx: Context, variant: str) -> dict:
+    """Trains the variant on Ray Train (resuming from its latest checkpoint) and copies the result out."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ptalign_ray.chat_template import load_tokenizer
     from ptalign_ray.ray_runtime import init_ray
-    from ptalign_ray.training.data import prepare_training_data, source_stage
+    from ptalign_ray.training.data import prepare_training_data
     from ptalign_ray.training.objectives import build_objective
     from ptalign_ray.training.trainer import ADAPTER_DIR, FULL_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
-    stage = training_stage(variant)
+    cfg, run, model_path, log, chash, tmp = ctx.cfg, ctx.run, ctx.model_path, ctx.log, ctx.config_hash, ctx.out
+    stage = ctx.stage
     tcfg = variant_training(cfg, variant)
     objective = build_objective(tcfg)
-    if objective.uses_reference and not tcfg.lora.enabled:
-        raise ValueError(f"[{stage}] objective {objective.name!r} needs training.lora.enabled (its reference "
-                         "model is the base model with the adapter off)")  # fmt: skip
-    if force:
-        run.clear(stage)
-    source = source_stage(run)
-    source_hash = upstream_key(run, source)
-    chash = training_hash(cfg, variant, source, source_hash)
-    done = finished_stage(run, stage, chash, log, {source: source_hash})
-    if done is not None:
-        return done
+    [(source, source_hash)] = ctx.upstream.items()
     if tcfg.strategy == "fsdp" and not tcfg.use_gpu:
         raise ValueError("training.strategy 'fsdp' needs GPUs (training.use_gpu: true); use 'ddp' on CPU")
 
@@ -194,7 +211,7 @@ def train_stage(
         raise RuntimeError(f"[{stage}] Ray Train finished without a final checkpoint in {work}")
 
     merge_seconds = 0.0
-    with result.checkpoint.as_directory() as ckpt, run.building(stage) as tmp:
+    with result.checkpoint.as_directory() as ckpt:
         ckpt = Path(ckpt)
         state = json.loads((ckpt / STATE_FILE).read_text())
         history = state["history"]
@@ -215,36 +232,30 @@ def train_stage(
         with open(tmp / "metrics.jsonl", "w") as f:
             for record in history:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
-        manifest = {
-            "stage": stage,
-            "variant": variant,
-            "config_hash": chash,
-            "upstream": {source: source_hash},
-            "model": cfg.model.name_or_path,
-            "model_path": model_path,
-            "source": {"stage": source, "config_hash": source_hash, "path": str(run.data_dir(source))},
-            "alpha": objective.params.get("alpha"),
-            "objective": {"name": objective.name, "params": objective.params, "metrics": dict(objective.metrics)},
-            "mask_mode": tcfg.mask_mode,
-            "data": data.stats,
-            "steps": state["step"],
-            "epochs": state["epoch"],
-            "samples_seen": state["samples_seen"],
-            "metrics": _summary(history, list(objective.metrics)),
-            "outputs": outputs,
-            "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
-            "wall_seconds": round(train_seconds, 2),
-            # Ray Train's fit (worker start, data, steps, checkpoints) vs the steps themselves
-            "time_budget": {
-                "fit_s": round(train_seconds, 2),
-                "steps_s": round(_steps_seconds(history), 2),
-                "merge_s": round(merge_seconds, 2),
-            },  # fmt: skip
-            "config": cfg.model_dump(mode="json", include={"model", "training", "seed"}),
-            "versions": versions(),
-        }
-        write_json_atomic(tmp / MANIFEST, manifest)
-    return manifest
+    return {
+        "variant": variant,
+        "model": cfg.model.name_or_path,
+        "model_path": model_path,
+        "source": {"stage": source, "config_hash": source_hash, "path": str(run.data_dir(source))},
+        "alpha": objective.params.get("alpha"),
+        "objective": {"name": objective.name, "params": objective.params, "metrics": dict(objective.metrics)},
+        "mask_mode": tcfg.mask_mode,
+        "data": data.stats,
+        "steps": state["step"],
+        "epochs": state["epoch"],
+        "samples_seen": state["samples_seen"],
+        "metrics": _summary(history, list(objective.metrics)),
+        "outputs": outputs,
+        "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
+        "wall_seconds": round(train_seconds, 2),
+        # Ray Train's fit (worker start, data, steps, checkpoints) vs the steps themselves
+        "time_budget": {
+            "fit_s": round(train_seconds, 2),
+            "steps_s": round(_steps_seconds(history), 2),
+            "merge_s": round(merge_seconds, 2),
+        },  # fmt: skip
+        "config": cfg.model_dump(mode="json", include={"model", "training", "seed"}),
+    }
 
 
 def _steps_seconds(history: list[dict]) -> float:
@@ -295,3 +306,20 @@ def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -
     outs = manifest["outputs"]
     log(f"  outputs          : adapter={outs['adapter'] or '-'} merged={outs['merged'] or '-'} metrics={outs['metrics']}"
         f" ({manifest['wall_seconds']:.0f}s wall)")  # fmt: skip
+
+
+def _variant_stage(variant: str) -> Stage:
+    """The stage of one training variant: `ptalign train` runs those the config asks for."""
+    return Stage(
+        name=training_stage(variant),
+        command="train",
+        help="dual instruction tuning (MLE + token-level unlikelihood) on Ray Train",
+        run=lambda ctx: _run(ctx, variant),
+        summary=lambda manifest, ctx: print_training_summary(manifest, ctx.log),
+        reads=_source,
+        config_hash=lambda ctx, upstream: _config_hash(ctx, upstream, variant),
+        wanted=lambda cfg: variant in trained_variants(cfg.training),
+    )
+
+
+TRAIN = tuple(_variant_stage(v) for v in VARIANTS)

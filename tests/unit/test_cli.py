@@ -83,3 +83,37 @@ def test_second_command_on_a_busy_run_dir_exits_2_naming_the_holder(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "is in use by another ptalign command" in out.stderr and f"pid {os.getpid()}" in out.stderr
     assert "`ptalign run --run-dir run`" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_ctrl_c_a_library_swallowed_still_ends_the_command_with_130(monkeypatch, capsys):
+    """pydantic-core turns a KeyboardInterrupt raised while an import builds a model into a
+    SchemaError, which importing code may catch: the next console line raises it again."""
+    import signal
+
+    from ptalign_ray import cli
+
+    said = []
+
+    def swallowing(args):
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C inside a library...
+        except KeyboardInterrupt:
+            pass  # ...that loses it
+        said.append("went on")
+        cli._log("[refinement] the next line")
+        said.append("not reached")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_validate", swallowing)
+    assert cli.main(["validate"]) == 130
+    assert said == ["went on"] and "ptalign: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    def wrapped(args):  # the interrupted code ends with another exception: still 130, not a traceback
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt as err:
+            raise RuntimeError("Error building validator: KeyboardInterrupt") from err
+
+    monkeypatch.setattr(cli, "cmd_validate", wrapped)
+    assert cli.main(["validate"]) == 130
