@@ -125,7 +125,7 @@ def cmd_stage(args) -> int:
 def cmd_export(args) -> int:
     from ptalign_ray.artifacts import load_benign
     from ptalign_ray.refinement.export import export
-    from ptalign_ray.refinement.pipeline import load_refined
+    from ptalign_ray.refinement.stage import load_refined
 
     run = RunDir(args.run_dir)
     benign = load_benign(run, "refinement")

@@ -8,9 +8,9 @@ To add a stage: write its module (a `Stage`, see ptalign_ray/stages.py) and add 
 from __future__ import annotations
 
 from ptalign_ray.evaluation.stage import EVALUATE
-from ptalign_ray.refinement.pipeline import REFINE
+from ptalign_ray.refinement.stage import REFINE
 from ptalign_ray.stages import Stage
-from ptalign_ray.synthesis.pipeline import SYNTHESIZE
+from ptalign_ray.synthesis.stage import SYNTHESIZE
 from ptalign_ray.training.stage import TRAIN
 
 STAGES: tuple[Stage, ...] = (SYNTHESIZE, REFINE, *TRAIN, EVALUATE)

@@ -8,7 +8,7 @@ import pytest
 from ptalign_ray.artifacts import BENIGN_COLUMNS, BENIGN_DIR, load_benign, question_id
 from ptalign_ray.artifacts import TRIPLET_COLUMNS as SYN_COLUMNS
 from ptalign_ray.config import parse_config
-from ptalign_ray.refinement import pipeline
+from ptalign_ray.refinement import stage as refinement_stage
 from ptalign_ray.refinement.client import JudgeUnavailable
 from ptalign_ray.runs import MANIFEST, RunDir, write_json_atomic, write_parquet_atomic
 from ptalign_ray.seeds import load_seeds
@@ -68,21 +68,21 @@ def test_refinement_rounds_drop_failures_keep_schema_and_resume(tmp_path, tiny_m
     cfg = tiny_config(tiny_model, 18082)
 
     # 1. interrupted after round 0: its checkpoint stays
-    real_round = pipeline._candidates
-    monkeypatch.setattr(pipeline, "_candidates", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    real_round = refinement_stage._candidates
+    monkeypatch.setattr(refinement_stage, "_candidates", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.refine(cfg, run, str(tiny_model))
+        refinement_stage.refine(cfg, run, str(tiny_model))
     assert (run.work_dir("refinement") / "round_0.parquet").is_file()
     assert not run.is_done("refinement")
-    monkeypatch.setattr(pipeline, "_candidates", real_round)
+    monkeypatch.setattr(refinement_stage, "_candidates", real_round)
 
     # 2. judge unreachable: a clear error naming the URL, finished work kept
     with pytest.raises(JudgeUnavailable, match="127.0.0.1:9"):
-        pipeline.refine(cfg, run, str(tiny_model), judge_url="http://127.0.0.1:9")
+        refinement_stage.refine(cfg, run, str(tiny_model), judge_url="http://127.0.0.1:9")
     assert (run.work_dir("refinement") / "round_0.parquet").is_file()
 
     # 3. resumed run: round 0 from the checkpoint, rounds 1-2 refine the failing toxic samples
-    manifest = pipeline.refine(cfg, run, str(tiny_model))
+    manifest = refinement_stage.refine(cfg, run, str(tiny_model))
     q = manifest["quality"]
     assert [r["round"] for r in q["rounds"]] == [0, 1, 2]
     assert manifest["steps"]["round_0"]["resumed"]
@@ -92,8 +92,8 @@ def test_refinement_rounds_drop_failures_keep_schema_and_resume(tmp_path, tiny_m
     assert q["kept"] + q["dropped"] == len(triplets) == q["questions"]
     assert q["own_answers"] == {"own_answers": 4, "own_harmful": 1}
 
-    out = pipeline.load_refined(run)
-    assert list(out.columns) == pipeline.COLUMNS
+    out = refinement_stage.load_refined(run)
+    assert list(out.columns) == refinement_stage.COLUMNS
     assert set(out["id"]) <= set(triplets["id"])
     own_ids = set(out.loc[out["toxic_source"] == "own", "id"])
     assert own_ids <= {triplets["id"].iloc[0]} and set(out["toxic_source"]) <= {"own", "primed"}
@@ -111,4 +111,4 @@ def test_refinement_rounds_drop_failures_keep_schema_and_resume(tmp_path, tiny_m
     assert not run.work_dir("refinement").exists()
 
     # 4. rerun is a no-op
-    assert pipeline.refine(cfg, run, str(tiny_model)) == manifest
+    assert refinement_stage.refine(cfg, run, str(tiny_model)) == manifest

@@ -11,7 +11,7 @@ from ptalign_ray import artifacts
 from ptalign_ray.config import parse_config
 from ptalign_ray.dedup import rouge_l_f1, tokenize
 from ptalign_ray.runs import RunDir
-from ptalign_ray.synthesis import pipeline
+from ptalign_ray.synthesis import stage as synthesis_stage
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,14 @@ def tiny_config(model_dir, **synthesis):
 def finished_run(tmp_path_factory, tiny_model, ray_local):
     cfg = tiny_config(tiny_model)
     run = RunDir(tmp_path_factory.mktemp("run"))
-    manifest = pipeline.synthesize(cfg, run, str(tiny_model))
+    manifest = synthesis_stage.synthesize(cfg, run, str(tiny_model))
     return cfg, run, manifest
 
 
 def test_dataset_schema_and_counts(finished_run):
     cfg, run, manifest = finished_run
     df = artifacts.load_triplets(run)
-    assert list(df.columns) == pipeline.COLUMNS
+    assert list(df.columns) == synthesis_stage.COLUMNS
     assert len(df) > 0 and df["id"].is_unique
     for col in ("domain", "topic", "question", "positive", "toxic"):
         assert (df[col].str.len() > 0).all(), col
@@ -126,31 +126,31 @@ def test_questions_are_deduplicated(finished_run):
 def test_rerun_is_a_noop_and_force_is_required_for_a_new_config(finished_run, tiny_model):
     cfg, run, manifest = finished_run
     before = (run.stage_dir("synthesis") / "manifest.json").stat().st_mtime_ns
-    assert pipeline.synthesize(cfg, run, str(tiny_model)) == manifest
+    assert synthesis_stage.synthesize(cfg, run, str(tiny_model)) == manifest
     assert (run.stage_dir("synthesis") / "manifest.json").stat().st_mtime_ns == before
     other = tiny_config(tiny_model, questions_per_topic=2)
-    with pytest.raises(pipeline.StageConfigMismatch, match="--force"):
-        pipeline.synthesize(other, run, str(tiny_model))
+    with pytest.raises(synthesis_stage.StageConfigMismatch, match="--force"):
+        synthesis_stage.synthesize(other, run, str(tiny_model))
 
 
 def test_interrupted_stage_resumes_from_checkpointed_steps(tmp_path, tiny_model, ray_local, monkeypatch):
     cfg = tiny_config(tiny_model, topics_per_domain=3)
     run = RunDir(tmp_path / "run")
-    real = pipeline._step_responses
+    real = synthesis_stage._step_responses
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("simulated Ctrl-C during the responses step")
 
-    monkeypatch.setattr(pipeline, "_step_responses", crash)
+    monkeypatch.setattr(synthesis_stage, "_step_responses", crash)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.synthesize(cfg, run, str(tiny_model))
+        synthesis_stage.synthesize(cfg, run, str(tiny_model))
     assert not run.is_done("synthesis")
     assert not run.stage_dir("synthesis").exists()
     topics = pd.read_parquet(run.work_dir("synthesis") / "topics.parquet")
     questions = pd.read_parquet(run.work_dir("synthesis") / "questions.parquet")
 
-    monkeypatch.setattr(pipeline, "_step_responses", real)
-    manifest = pipeline.synthesize(cfg, run, str(tiny_model))
+    monkeypatch.setattr(synthesis_stage, "_step_responses", real)
+    manifest = synthesis_stage.synthesize(cfg, run, str(tiny_model))
     assert manifest["steps"]["topics"]["resumed"] and manifest["steps"]["questions"]["resumed"]
     assert "resumed" not in manifest["steps"]["responses"]
     df = artifacts.load_triplets(run)

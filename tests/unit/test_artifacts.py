@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ptalign_ray.artifacts import MODEL_LABELS, VARIANTS, stage_digest, trained_variants, training_stage, upstream_key
 from ptalign_ray.config import PipelineConfig, TrainingConfig, parse_config
-from ptalign_ray.refinement.pipeline import config_hash as refinement_hash
+from ptalign_ray.refinement.stage import config_hash as refinement_hash
 from ptalign_ray.runs import RunDir, write_json_atomic
 from ptalign_ray.seeds import load_seeds
 
