@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-MAX_TEXT_CHARS = 8000
-
 
 def failure_reason(polarity: str, response: str, verdict: dict) -> Optional[str]:
     """None when the sample passes, else a short reason (recorded when a sample is dropped).
