@@ -91,6 +91,12 @@ def _log(msg: str) -> None:
     if _SIGINT["pending"]:  # a Ctrl-C that some library swallowed (see _on_sigint)
         _SIGINT["pending"] = False
         raise KeyboardInterrupt
+    _write_line(msg)
+
+
+def _write_line(msg: str) -> None:
+    """A console line without the swallowed-Ctrl-C check: for `ptalign serve`, where Ctrl-C is the way
+    to stop and its own KeyboardInterrupt handler prints the shutdown lines."""
     print(msg, flush=True)
     for f in _LOG_FILE:
         f.write(msg + "\n")
@@ -139,7 +145,7 @@ def cmd_serve(args) -> int:
     from ptalign_ray.serving.app import serve_forever, with_overrides
 
     cfg = with_overrides(_config(args.config), mode=args.mode, host=args.host, port=args.port)
-    return serve_forever(cfg, args.run_dir, log=_log)
+    return serve_forever(cfg, args.run_dir, log=_write_line)
 
 
 def cmd_run(args) -> int:
