@@ -85,7 +85,7 @@ def test_second_command_on_a_busy_run_dir_exits_2_naming_the_holder(tmp_path):
     assert "`ptalign run --run-dir run`" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_a_ctrl_c_a_library_swallowed_still_ends_the_command_with_130(monkeypatch, capsys):
+def test_a_ctrl_c_a_library_swallowed_still_ends_the_command_with_130(monkeypatch, capsys, request):
     """pydantic-core turns a KeyboardInterrupt raised while an import builds a model into a
     SchemaError, which importing code may catch: the next console line raises it again."""
     import signal
@@ -105,6 +105,9 @@ def test_a_ctrl_c_a_library_swallowed_still_ends_the_command_with_130(monkeypatc
         return 0
 
     monkeypatch.setattr(cli, "cmd_validate", swallowing)
+    # as in a fresh `ptalign` process: earlier tests of the suite (Ray, vLLM) may leave their own handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     assert cli.main(["validate"]) == 130
     assert said == ["went on"] and "ptalign: interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
