@@ -22,8 +22,8 @@ from typing import Sequence
 
 EXACT_MAX = 10_000
 """Above this many texts near_duplicate_mask uses MinHash LSH: on bench/dedup_scale.py's template set
-the exact filter takes 2 s of CPU at 10k texts but 25 s at 30k and 250 s at 100k, while MinHash
-removes 99.7% of what exact removes (docs/benchmarks.md)."""
+exact takes 2.4 s of CPU at 10k texts, then grows about quadratically (26 s at 30k, 305 s at 100k);
+MinHash takes 1.8, 7 and 41 s and removes 99.7-99.9% of what exact removes (docs/benchmarks.md)."""
 MINHASH_PERMUTATIONS = 128
 MINHASH_SEED = 1
 MIN_CANDIDATE_PROBABILITY = 0.9
