@@ -18,9 +18,10 @@ real (non-pad) tokens. Variants:
 The first four are interleaved round by round (the other three steps run in a TRL callback after each
 TRL step), so a busy machine slows them alike. TRL's step is timed from ``on_step_begin`` to
 ``on_step_end`` (batch collation, milliseconds, is outside). Tokens/s = real tokens of the measured
-rounds / their summed step time.
+rounds / their summed step time, by wall clock and by process CPU time: on cores shared with other
+jobs the CPU time (with --threads 1, one core's work) is the stable measure; wall time swings with load.
 
-Usage:  PTALIGN_HOME=/tmp/ptah PYTHONPATH=<dir with trl> .venv/bin/python bench/training_step.py [--out FILE]
+Usage:  PTALIGN_HOME=/tmp/ptah .venv/bin/python bench/training_step.py [--threads 1] [--trl-padding-free] [--out FILE]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 
@@ -37,10 +39,13 @@ _TOXIC = "Preheat the oven to {i} degrees, whisk the batter until smooth and bak
 
 
 def machine() -> dict:
+    import os
+
     import torch
     from synthesis_throughput import machine as describe
 
-    return {"machine": describe(), "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available()}
+    return {"machine": describe(), "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available(),
+            "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
 
 def build_rounds(tokenizer, tcfg, rounds: int, min_len: int, seed: int) -> list:
@@ -116,10 +121,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-trl", action="store_true", help="skip TRL (not installed: pip install .[bench])")
     ap.add_argument("--trl-padding-free", action="store_true", help="also TRL with padding_free=True")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     ap.add_argument("--out", default=None, help="write the results as JSON here too")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:  # one thread stalls less than two when other jobs oversubscribe the cores
+        torch.set_num_threads(args.threads)
 
     from ptalign_ray.chat_template import load_tokenizer
     from ptalign_ray.config import load_config
@@ -161,17 +170,22 @@ def main() -> None:
     }
     runs: dict[str, list[dict]] = {k: [] for k in ("trl_sft", *variants)}
 
-    def sync() -> None:
+    def clock() -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
+
+    def record(name: str, t0: tuple[float, float], tokens: int, pad_n: int) -> None:
+        t1 = clock()
+        runs[name].append({"s": t1[0] - t0[0], "cpu_s": t1[1] - t0[1], "tokens": tokens, "pad": pad_n})
 
     def others(r: int) -> None:
         for name, step in variants.items():
-            sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             out = step(rounds[r])
-            sync()
-            runs[name].append({"s": time.perf_counter() - t0, "tokens": out["tokens"], "pad": out["pad_tokens"]})
+            record(name, t0, out["tokens"], out["pad_tokens"])
+        line = ", ".join(f"{k} {v[-1]['s']:.1f} s (cpu {v[-1]['cpu_s']:.1f})" for k, v in runs.items() if v)
+        print(f"[bench] round {r}: {line}", file=sys.stderr, flush=True)
 
     def padded_layout(pairs) -> tuple[int, int]:  # what a padding collator forwards: (real, pad) tokens
         ids, attn, _ = pad_batch(*sequences(pairs), pad)
@@ -187,57 +201,52 @@ def main() -> None:
 
         trl_version = trl.__version__
 
-        class Interleave(TrainerCallback):
-            """Times TRL's step, then runs the other variants on the same round."""
+        class Timer(TrainerCallback):
+            """Times TRL's steps as ``name``; with ``then``, runs it on the round after each step."""
+
+            def __init__(self, name: str, padded: bool, then=None):
+                self.name, self.padded, self.then = name, padded, then
+                runs.setdefault(name, [])
 
             def on_step_begin(self, a, state, control, **kw):
-                sync()
-                self.t0 = time.perf_counter()
+                self.t0 = clock()
 
             def on_step_end(self, a, state, control, **kw):
-                sync()
                 r = state.global_step - 1
                 real, pad_n = padded_layout(rounds[r])
-                runs["trl_sft"].append({"s": time.perf_counter() - self.t0, "tokens": real, "pad": pad_n})
-                others(r)
+                record(self.name, self.t0, real, pad_n if self.padded else 0)
+                if self.then:
+                    self.then(r)
 
         with tempfile.TemporaryDirectory() as d:
-            trl_trainer(model_path, tok, tcfg, rounds, d, padding_free=False, callbacks=[Interleave()]).train()
+            timer = Timer("trl_sft", padded=True, then=others)
+            trl_trainer(model_path, tok, tcfg, rounds, d, padding_free=False, callbacks=[timer]).train()
         if args.trl_padding_free:
-
-            class Time(TrainerCallback):
-                def on_step_begin(self, a, state, control, **kw):
-                    sync()
-                    self.t0 = time.perf_counter()
-
-                def on_step_end(self, a, state, control, **kw):
-                    sync()
-                    real = padded_layout(rounds[state.global_step - 1])[0]
-                    runs["trl_sft_padding_free"].append({"s": time.perf_counter() - self.t0, "tokens": real, "pad": 0})
-
-            runs["trl_sft_padding_free"] = []
             with tempfile.TemporaryDirectory() as d:
-                trl_trainer(model_path, tok, tcfg, rounds, d, padding_free=True, callbacks=[Time()]).train()
+                timer = Timer("trl_sft_padding_free", padded=False)
+                trl_trainer(model_path, tok, tcfg, rounds, d, padding_free=True, callbacks=[timer]).train()
 
     results = {}
     for name, steps in runs.items():
         if not steps:
             continue
         measured = steps[args.warmup :]
-        seconds, tokens, pads = (sum(s[k] for s in measured) for k in ("s", "tokens", "pad"))
+        seconds, cpu, tokens, pads = (sum(s[k] for s in measured) for k in ("s", "cpu_s", "tokens", "pad"))
         results[name] = {
-            "step_s_median": round(statistics.median(s["s"] for s in measured), 4),
-            "step_s_all": [round(s["s"], 4) for s in measured],
+            "step_s_median": round(statistics.median(s["s"] for s in measured), 3),
+            "step_s_all": [round(s["s"], 3) for s in measured],
+            "step_cpu_s_all": [round(s["cpu_s"], 3) for s in measured],
             "real_tokens_per_step_mean": round(tokens / len(measured), 1),
             "tokens_per_s": round(tokens / seconds, 1),
+            "tokens_per_cpu_s": round(tokens / cpu, 1),
             "pad_share": round(pads / (tokens + pads), 4),
         }
-    ours = results["ptalign_packed"]["tokens_per_s"]
-    ratios = {
-        f"ptalign_packed_vs_{k}": round(ours / v["tokens_per_s"], 3)
-        for k, v in results.items()
-        if k != "ptalign_packed"
-    }
+
+    def ratios(key: str) -> dict:
+        """ptalign_packed's tokens/s (or per CPU second) over each other variant's: > 1 = ours faster."""
+        ours = results["ptalign_packed"][key]
+        return {f"ptalign_packed_vs_{k}": round(ours / v[key], 3) for k, v in results.items() if k != "ptalign_packed"}
+
     report = {
         "benchmark": "training_step",
         "machine": machine(),
@@ -253,7 +262,8 @@ def main() -> None:
         "trl": trl_version,
         "packing_checked_ok": packed.pack,
         "results": results,
-        "ratios_tokens_per_s": ratios,
+        "ratios_tokens_per_s": ratios("tokens_per_s"),
+        "ratios_tokens_per_cpu_s": ratios("tokens_per_cpu_s"),
     }
     text = json.dumps(report, indent=2)
     print(text)
