@@ -256,8 +256,8 @@ def stop_engine_actors(actors: list) -> None:
     import ray
 
     for actor in actors:
-        try:
-            ray.get(actor.shutdown.remote(), timeout=60)
-        except Exception:  # noqa: BLE001 - a dead actor is already stopped
-            pass
-        ray.kill(actor)
+        for stop in (lambda: ray.get(actor.shutdown.remote(), timeout=60), lambda: ray.kill(actor)):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - a dead actor (or a Ray already shut down) has nothing to stop
+                pass

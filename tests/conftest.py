@@ -46,6 +46,16 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_kept_engines():
+    """`ptalign` keeps one vLLM engine per model per process for its later steps; in the test process
+    that would keep a module's engine (GiBs, and a vLLM worker's CPU) alive through every later test."""
+    yield
+    generation = sys.modules.get("ptalign_ray.generation")
+    if generation is not None:
+        generation.release_engines()
+
+
 FUZZ_LINES = pytest.StashKey[list]()
 
 
