@@ -117,3 +117,36 @@ def remove_serve_app(name: str, serve_was_running: bool) -> None:
         serve.delete(name)
     if not serve_was_running and not serve.status().applications:
         serve.shutdown()
+
+
+def lost_cluster_part(err: BaseException) -> Optional[BaseException]:
+    """The Ray failure behind ``err`` when a node, worker process or object was lost (or Ray Train gave up
+    after its restarts), else None: such a run is resumable by running the same command again.
+
+    Looks through the exception's causes, since Ray Data and Ray Train wrap what happened in a task.
+    """
+    import ray.exceptions
+
+    lost = (
+        ray.exceptions.RayActorError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.LocalRayletDiedError,
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.RaySystemError,
+    )
+    try:
+        from ray.train import TrainingFailedError
+    except ImportError:  # a Ray without Ray Train
+        TrainingFailedError = ()  # noqa: N806
+    seen: set[int] = set()
+    todo: list[Optional[BaseException]] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, lost) or (TrainingFailedError and isinstance(e, TrainingFailedError)):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None

@@ -52,3 +52,26 @@ def test_a_second_timeout_or_another_error_is_raised(errors):
         for p in spawned:
             p.kill()
             p.wait()
+
+
+def test_a_lost_node_worker_or_object_is_found_behind_the_errors_that_wrap_it():
+    import ray.exceptions
+    from ray.train import WorkerGroupError
+
+    from ptalign_ray.ray_runtime import lost_cluster_part
+
+    died = ray.exceptions.ActorDiedError()
+    task = ray.exceptions.RayTaskError("answer", "Traceback ...", died)  # Ray Data's task waited on the engine
+    try:
+        try:
+            raise task
+        except ray.exceptions.RayTaskError as inner:
+            raise RuntimeError("the dataset failed") from inner
+    except RuntimeError as outer:
+        assert lost_cluster_part(outer) is not None
+    assert lost_cluster_part(ray.exceptions.NodeDiedError("node 1 died")) is not None
+    assert lost_cluster_part(ray.exceptions.ObjectLostError("ab" * 14, "owner", "")) is not None
+    assert lost_cluster_part(WorkerGroupError("training failed", {0: died})) is not None  # Ray Train gave up
+    assert lost_cluster_part(ValueError("a bug")) is None
+    bug = ray.exceptions.RayTaskError("answer", "Traceback ...", ValueError("a bug in a task"))
+    assert lost_cluster_part(bug) is None  # an error in the task's own code is a bug, not a lost node
