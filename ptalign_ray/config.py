@@ -408,7 +408,22 @@ class TrainingConfig(_Section):
         lt=1.0,
         description="Share of question ids per kind held out (seeded) for held-out L_MLE / L_UT; 0 = none.",
     )
-    num_workers: Concurrency = Field(1, description="Ray Train workers, or [min, max] for elastic training.")
+    num_workers: Concurrency = Field(
+        1,
+        description="Ray Train workers: an int for a fixed group, or [min, max] for Ray Train's elastic training. A "
+        "range starts with as many workers as the live nodes' CPUs (GPUs with use_gpu) hold, capped at max (waits "
+        "until min fit); every elastic_resize_interval_s it regrows to what the nodes hold, and a lost node restarts "
+        "the group smaller (counted in max_failures, so a range needs max_failures >= 1). Each resize restarts every "
+        "worker from the latest checkpoint: the steps since it are trained again. Ray Train counts the nodes' total "
+        "resources, not the free ones, so the stage stops its kept vLLM engine first.",
+    )
+    elastic_resize_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="With a num_workers range: seconds between Ray Train's checks whether the nodes now hold a "
+        "different number of workers (ScalingConfig.elastic_resize_monitor_interval_s; Ray's own view of the nodes "
+        "is refreshed every 20 s).",
+    )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Ray Train parallel strategy; 'fsdp' needs use_gpu (GPU only)."
     )
@@ -435,6 +450,16 @@ class TrainingConfig(_Section):
     merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
 
     _check_workers = field_validator("num_workers")(_check_pool)
+
+    @model_validator(mode="after")
+    def _elastic_needs_restarts(self) -> "TrainingConfig":
+        """Ray Train shrinks an elastic group only by restarting it after the failure a lost node causes."""
+        if isinstance(self.num_workers, tuple) and self.max_failures == 0:
+            raise ValueError(
+                f"training.num_workers {list(self.num_workers)} is elastic, but Ray Train resizes the group after a "
+                "lost node only by a restart, and max_failures: 0 allows none: set training.max_failures >= 1"
+            )
+        return self
 
     @field_validator("objective")
     @classmethod
