@@ -183,6 +183,7 @@ def _run(ctx: Context, variant: str) -> dict:
         "model_path": model_path,
         "pad_id": int(pad_id),
         "trust_remote_code": cfg.model.trust_remote_code,
+        "checkpoint_root": str(work / "ray_train" / name),  # where Ray Train writes this run's checkpoints
         **_fault_injection(work),
     }
     workers = tuple(tcfg.num_workers) if isinstance(tcfg.num_workers, (tuple, list)) else int(tcfg.num_workers)
