@@ -58,6 +58,7 @@ ENGINE = "EngineActor"  # Ray titles an actor's process "ray::<Class>...": the v
 TRAIN_WORKER = "RayTrainWorker"  # a Ray Train (v2) worker
 RESUME_HINT = "run the same command to resume"
 EXIT_RESUMABLE = 75
+START_TIMED_OUT = "timed out during startup"  # `ray start` on an overloaded machine (ray_runtime.START_TIMED_OUT)
 
 
 def free_port() -> int:
@@ -88,8 +89,11 @@ class Cluster:
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
         self.nodes: dict[str, subprocess.Popen] = {}
         self.cpus: dict[str, int] = {}
+        self.args: dict[str, list[str]] = {}
+        self.start_retries: list[str] = []
 
     def _launch(self, name: str, args: list[str]) -> None:
+        self.args[name] = args
         env = {**os.environ, **self.env}
         env.pop("RAY_ADDRESS", None)
         env.pop("RAY_AUTH_TOKEN", None)
@@ -104,16 +108,34 @@ class Cluster:
             )
 
     def _wait_started(self, names: list[str], timeout: float) -> float:
+        """Waits for the nodes' `ray start`; one that timed out during startup (an overloaded machine:
+        ray-project/ray#65983, see ray_runtime._start_local) is started once more."""
         t0 = time.monotonic()
         for name in names:
-            log, proc = self.root / f"{name}.log", self.nodes[name]
+            log = self.root / f"{name}.log"
             while "Ray runtime started" not in log.read_text(errors="replace"):
+                proc = self.nodes[name]
+                if proc.poll() is not None and name not in self.start_retries and START_TIMED_OUT in log.read_text():
+                    self.start_retries.append(name)
+                    self._kill_leftovers(name)
+                    self._launch(name, self.args[name])
+                    continue
                 if proc.poll() is not None:
                     raise RuntimeError(f"`ray start` of {name} exited with {proc.returncode}; see {log}")
                 if time.monotonic() - t0 > timeout:
                     raise TimeoutError(f"`ray start` of {name} not up in {timeout:.0f}s; see {log}")
                 time.sleep(0.3)
         return round(time.monotonic() - t0, 1)
+
+    def _kill_leftovers(self, name: str) -> None:
+        """What a failed `ray start` of a node left (its processes name the node's own temp dir)."""
+        mine = str(self.root / name)
+        for p in psutil.process_iter():
+            try:
+                if any(mine in part for part in p.cmdline()):
+                    p.kill()
+            except psutil.Error:
+                pass
 
     def start_head(self, timeout: float = 180) -> float:
         """The head runs no work (0 CPUs): what it hosts (GCS, drivers, controllers) outlives any worker node."""
@@ -417,13 +439,23 @@ def main() -> int:
     config = chaos_kill.write_config(args.workdir / "tiny.yaml", model, free_port(), {
         **chaos_kill.MORE_DATA, "ray": {"address": cluster.address}, "training": training})  # fmt: skip
     result: dict = {"issue": 13, "command": " ".join(["bench/node_loss.py", *sys.argv[1:]]),
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "machine": info}  # fmt: skip
+                    "date": time.strftime("%Y-%m-%d %H:%M"), "machine": info, "outcome": "incomplete"}  # fmt: skip
+
+    def phase(name: str, fn, *fn_args) -> None:
+        """One part of the bench, saved as soon as it ends; an error in the bench itself (not in the
+        run) is recorded as a problem."""
+        try:
+            result[name] = fn(*fn_args)
+        except Exception as err:  # noqa: BLE001 - the results file records it
+            result[name] = {"problems": [f"{fn.__name__} raised {type(err).__name__}: {err}"[:500]]}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     try:
         result["cluster"] = {"head_start_s": cluster.start_head(), "head": "0 CPUs (GCS, drivers, controllers)"}
         result["cluster"]["nodes_start_s"] = cluster.add_nodes({"node_a": 2, "node_b": 2})
         say(f"cluster up at {cluster.address}: head (0 CPUs) + node_a, node_b (2 CPUs each)")
         run = RunDir(args.workdir / "run")
-        result["pipeline"] = pipeline_losses(cluster, config, run, logs, args.timeout, say)
+        phase("pipeline", pipeline_losses, cluster, config, run, logs, args.timeout, say)
         if run.is_done("refinement"):
             for name in cluster.workers():
                 cluster.stop_node(name)
@@ -435,18 +467,19 @@ def main() -> int:
                 **chaos_kill.MORE_DATA, "ray": {"address": cluster.address},
                 "training": {**training, "epochs": args.elastic_epochs, "num_workers": [1, 2],
                              "elastic_resize_interval_s": 5, "ablation_mle_only": False}})  # fmt: skip
-            result["elastic"] = elastic(cluster, ecfg, erun, logs, args.timeout, say)
+            phase("elastic", elastic, cluster, ecfg, erun, logs, args.timeout, say)
             srun = RunDir(args.workdir / "stop")
             copy_data(run, srun)
             scfg = chaos_kill.write_config(args.workdir / "stop.yaml", model, free_port(), {
                 **chaos_kill.MORE_DATA, "ray": {"address": cluster.address},
                 "training": {**training, "epochs": 6, "max_failures": 0, "ablation_mle_only": False}})  # fmt: skip
-            result["stop_and_resume"] = stop_and_resume(cluster, scfg, srun, logs, args.timeout, say)
+            phase("stop_and_resume", stop_and_resume, cluster, scfg, srun, logs, args.timeout, say)
     finally:
         cluster.stop()
     problems = result.get("pipeline", {}).get("problems", ["no pipeline result"])
     for part in ("elastic", "stop_and_resume"):
         problems = problems + result.get(part, {}).get("problems", [f"no {part} result"])
+    result.setdefault("cluster", {})["start_retries"] = cluster.start_retries
     result.update(problems=problems, outcome="pass" if not problems else "fail",
                   wall_s=round(time.monotonic() - t_start, 1))  # fmt: skip
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -120,33 +120,45 @@ def remove_serve_app(name: str, serve_was_running: bool) -> None:
 
 
 def lost_cluster_part(err: BaseException) -> Optional[BaseException]:
-    """The Ray failure behind ``err`` when a node, worker process or object was lost (or Ray Train gave up
-    after its restarts), else None: such a run is resumable by running the same command again.
+    """The Ray failure behind ``err`` when a node, worker process or object was lost (or Ray Train gave
+    up restarting a group that lost one), else None: such a run resumes when the same command runs again.
 
-    Looks through the exception's causes, since Ray Data and Ray Train wrap what happened in a task.
+    Looks through the causes Ray wraps a failure in (a task's ``cause``, Ray Train's worker and controller
+    failures, a health check's failure). A Ray Train failure that is only the training code's own error
+    (a bug, a bad checkpoint) is not a lost part: it is raised as it is.
     """
     import ray.exceptions
 
-    lost = (
-        ray.exceptions.RayActorError,
+    lost: tuple[type, ...] = (
+        ray.exceptions.RayActorError,  # incl. ActorDiedError: its process or node died
         ray.exceptions.NodeDiedError,
         ray.exceptions.WorkerCrashedError,
         ray.exceptions.LocalRayletDiedError,
-        ray.exceptions.ObjectLostError,
-        ray.exceptions.RaySystemError,
+        ray.exceptions.ObjectLostError,  # incl. OwnerDiedError
     )
-    try:
-        from ray.train import TrainingFailedError
-    except ImportError:  # a Ray without Ray Train
-        TrainingFailedError = ()  # noqa: N806
+    try:  # what Ray Train 2.60 raises when its workers' node went away (internal module: optional)
+        from ray.train.v2._internal.exceptions import (
+            WorkerGroupStartupFailedError,
+            WorkerGroupStartupTimeoutError,
+            WorkerHealthCheckFailedError,
+            WorkerHealthCheckTimeoutError,
+        )
+        from ray.train.v2.api.exceptions import PreemptionError
+
+        lost += (WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError, WorkerGroupStartupFailedError,
+                 WorkerGroupStartupTimeoutError, PreemptionError)  # fmt: skip
+    except ImportError:
+        pass
     seen: set[int] = set()
-    todo: list[Optional[BaseException]] = [err]
+    todo: list[object] = [err]
     while todo:
         e = todo.pop()
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, lost) or (TrainingFailedError and isinstance(e, TrainingFailedError)):
+        if isinstance(e, lost):
             return e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None),
+                 getattr(e, "health_check_failure", None), getattr(e, "_base_exc", None)]  # fmt: skip
+        todo += list(getattr(e, "worker_failures", {}).values())
     return None
