@@ -112,6 +112,7 @@ class Attempt:
 
     def __init__(self, config: Path, run_dir: Path, log_path: Path, command: str = "run"):
         self.t0 = time.monotonic()
+        self.stages = stages_of(config)
         self.started: dict[str, float] = {}  # stage -> seconds after start when it began
         self.already: list[str] = []  # stages this attempt found finished
         self.resumed: set[str] = set()  # "stage/step" of this attempt's steps taken from their checkpoint
@@ -263,8 +264,16 @@ def port_free(port: int) -> bool:
 
 
 # -- looking at a run directory -----------------------------------------------------------------
-def first_unfinished(run: RunDir) -> Optional[str]:
-    return next((s for s in STAGES if not run.is_done(s)), None)
+def stages_of(config: Path) -> tuple[str, ...]:
+    """The stages a run of this config publishes (no MLE-only stage when its ablation is off)."""
+    import yaml
+
+    training = (yaml.safe_load(config.read_text()) or {}).get("training") or {}
+    return tuple(s for s in STAGES if s != "training_mle_only" or training.get("ablation_mle_only", True))
+
+
+def first_unfinished(run: RunDir, stages: tuple[str, ...] = STAGES) -> Optional[str]:
+    return next((s for s in stages if not run.is_done(s)), None)
 
 
 def work_files(run: RunDir, stage: str) -> list[str]:
@@ -322,7 +331,9 @@ def parquet_schemas(run: RunDir) -> dict[str, str]:
     return out
 
 
-def check_run_dir(run: RunDir, reference: Optional[dict[str, str]] = None) -> tuple[list[str], dict]:
+def check_run_dir(
+    run: RunDir, reference: Optional[dict[str, str]] = None, stages: tuple[str, ...] = STAGES
+) -> tuple[list[str], dict]:
     """Checks a finished run directory; returns (problems, facts). Reads only, takes no lock.
 
     Complete: every stage has a manifest naming it. Consistent: each manifest's ``upstream`` equals
@@ -335,13 +346,13 @@ def check_run_dir(run: RunDir, reference: Optional[dict[str, str]] = None) -> tu
 
     problems: list[str] = []
     facts: dict = {"rows": {}}
-    for stage in STAGES:
+    for stage in stages:
         if not run.is_done(stage):
             problems.append(f"{stage}: not finished (no {MANIFEST})")
     if problems:
         return problems, facts
     problems += check_published(run)
-    manifests = {s: run.manifest(s) for s in STAGES}
+    manifests = {s: run.manifest(s) for s in stages}
     for stage, m in manifests.items():
         if m.get("stage") != stage:
             problems.append(f"{stage}/{MANIFEST} names stage {m.get('stage')!r}")
@@ -349,7 +360,7 @@ def check_run_dir(run: RunDir, reference: Optional[dict[str, str]] = None) -> tu
             source = VARIANTS[name].stage if name in VARIANTS else name
             if key != upstream_key(run, source):
                 problems.append(f"{stage}: recorded upstream {name} {key} != current {upstream_key(run, source)}")
-    for stage in ("refinement", "training", "training_mle_only", "evaluation"):
+    for stage in stages[1:]:
         if not manifests[stage].get("upstream"):
             problems.append(f"{stage}: its manifest records no upstream digests")
 
@@ -381,7 +392,7 @@ def check_run_dir(run: RunDir, reference: Optional[dict[str, str]] = None) -> tu
         by_model = gen.groupby("model").size().to_dict()
         if by_model != {m: per_model for m in ev["models"]}:
             problems.append(f"evaluation: rows per model {by_model}, manifest says {per_model} for {ev['models']}")
-    for stage in ("training", "training_mle_only"):
+    for stage in (s for s in stages if s.startswith("training")):
         m, folder = manifests[stage], run.stage_dir(stage)
         for name, rel in m.get("outputs", {}).items():
             if rel and not (folder / rel).exists():
@@ -417,7 +428,7 @@ def check_run_dir(run: RunDir, reference: Optional[dict[str, str]] = None) -> tu
     leftovers = [str(p.relative_to(run.root)) for p in run.root.rglob("*") if ".tmp-" in p.name or ".trash-" in p.name]
     work = [p.name for p in (run.root / WORK).iterdir()] if (run.root / WORK).is_dir() else []
     problems += [f"leftover {p}" for p in leftovers] + [f"leftover work folder {WORK}/{w}" for w in work]
-    for stage in STAGES:
+    for stage in stages:
         for p in [run.stage_dir(stage), *run.stage_dir(stage).rglob("*")]:
             mode = p.stat().st_mode & 0o777
             if mode != (0o700 if p.is_dir() else 0o600):
@@ -511,7 +522,7 @@ def kill_record(attempt: Attempt, run: RunDir) -> dict:
     folders do not change once every process is dead), its sub-step checkpoints, what survived."""
     t_kill = attempt.elapsed()
     kill = attempt.kill()
-    hit = first_unfinished(run)
+    hit = first_unfinished(run, attempt.stages)
     return {
         "t_kill_s": round(t_kill, 1), "stage_hit": hit,
         "stage_hit_s": round(t_kill - attempt.started[hit], 1) if hit in attempt.started else None,

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Iterator, Literal, Optional, Union, get_args,
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ptalign_ray.dedup import EXACT_MAX
+
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
@@ -170,6 +172,12 @@ class SynthesisConfig(_Section):
     few_shot_questions: int = Field(3, ge=0, description="Seed questions shown as examples.")
     dedup_threshold: float = Field(
         0.7, gt=0.0, le=1.0, description="ROUGE-L F1 at or above which two questions are duplicates."
+    )
+    dedup_exact_max: PositiveInt = Field(
+        EXACT_MAX,
+        description="Above this many texts the near-duplicate filter takes its candidates from MinHash LSH "
+        "instead of the exact ROUGE-L join, which grows close to quadratically on template-heavy text; still "
+        "verified exactly, so only recall is traded (docs/benchmarks.md).",
     )
     min_question_chars: PositiveInt = Field(
         15, description="Parsed questions shorter than this (characters) are dropped as fragments (every kind)."

@@ -1,4 +1,4 @@
-"""Near-duplicate removal of questions by ROUGE-L F1, exact and sub-quadratic.
+"""Near-duplicate removal of questions by ROUGE-L F1: exact up to EXACT_MAX texts, MinHash LSH above.
 
 ROUGE-L F1 of token sequences a, b is 2*LCS/(|a|+|b|). F1 >= t needs LCS >= t*(|a|+|b|)/2, and
 LCS is at most the multiset overlap of tokens. So only pairs sharing that many tokens can be
@@ -6,6 +6,11 @@ duplicates, which is a set-similarity join: tokens are ordered rarest first (occ
 distinct), an inverted index over each kept text's prefix finds the pairs that can still reach the
 overlap, and the length and positional filters prune most of them before any LCS is computed. The
 filters never drop a true duplicate (a test checks the result against all-pairs comparison).
+
+On template-heavy text (most pairs share many words) that exact join still grows close to
+quadratically, so above EXACT_MAX texts candidates come from MinHash LSH instead (datasketch) and
+are verified with the same exact ROUGE-L: precision stays exact, a pair LSH never proposes is a
+missed duplicate (bench/dedup_scale.py measures how many).
 """
 
 from __future__ import annotations
@@ -14,6 +19,16 @@ import math
 import re
 from collections import Counter, defaultdict
 from typing import Sequence
+
+EXACT_MAX = 10_000
+"""Above this many texts near_duplicate_mask uses MinHash LSH: on bench/dedup_scale.py's template set
+exact takes 2.4 s of CPU at 10k texts, then grows about quadratically (26 s at 30k, 305 s at 100k);
+MinHash takes 1.8, 7 and 41 s and removes 99.7-99.9% of what exact removes (docs/benchmarks.md)."""
+MINHASH_PERMUTATIONS = 128
+MINHASH_SEED = 1
+MIN_CANDIDATE_PROBABILITY = 0.9
+"""Banding is the most selective one that still proposes a pair at the Jaccard floor with at least
+this probability; pairs above the floor (most duplicates) are proposed more often."""
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -50,8 +65,25 @@ def _distinct(tokens: list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def near_duplicate_mask(texts: Sequence[str], threshold: float = 0.7) -> list[bool]:
+def near_duplicate_mask(texts: Sequence[str], threshold: float = 0.7, exact_max: int = EXACT_MAX) -> list[bool]:
     """keep[i] is False when texts[i] is a near-duplicate (ROUGE-L F1 >= threshold) of an earlier kept text.
+
+    Exact up to exact_max texts; above it MinHash LSH keeps the cost near-linear and may keep a few
+    duplicates (never drops a text that is not one). Empty texts are never kept.
+    """
+    if len(texts) > exact_max:
+        return minhash_near_duplicate_mask(texts, threshold)
+    return exact_near_duplicate_mask(texts, threshold)
+
+
+def _is_duplicate(a: list[str], a_set: frozenset[str], b: list[str], b_set: frozenset[str], threshold: float) -> bool:
+    """Exact ROUGE-L F1 >= threshold, after the cheap token-overlap bound rules most pairs out."""
+    need = math.ceil(threshold * (len(a) + len(b)) / 2 - 1e-9)
+    return len(a_set & b_set) >= need and rouge_l_f1(a, b) >= threshold
+
+
+def exact_near_duplicate_mask(texts: Sequence[str], threshold: float = 0.7) -> list[bool]:
+    """near_duplicate_mask with exact all-pairs semantics at any size.
 
     Exact all-pairs semantics, computed with the prefix, length and positional filters of PPJoin
     (Xiao et al., 2008): only pairs whose token overlap can still reach the threshold are verified
@@ -89,12 +121,52 @@ def near_duplicate_mask(texts: Sequence[str], threshold: float = 0.7) -> list[bo
                 else:
                     overlap[j] = seen + 1
         duplicate = any(
-            c > 0 and len(sets[i] & sets[j]) >= math.ceil(threshold * (n + len(order[j])) / 2 - 1e-9)
-            and rouge_l_f1(toks[i], toks[j]) >= threshold
-            for j, c in overlap.items()
-        )  # fmt: skip
+            c > 0 and _is_duplicate(toks[i], sets[i], toks[j], sets[j], threshold) for j, c in overlap.items()
+        )
         if not duplicate:
             keep[i] = True
             for pos, tok in enumerate(tokens[:prefix_len]):
                 index[tok].append((i, pos))
+    return keep
+
+
+def minhash_bands(threshold: float, num_perm: int = MINHASH_PERMUTATIONS) -> tuple[int, int]:
+    """(bands, rows) of the LSH index for a ROUGE-L threshold.
+
+    F1 >= t needs a token overlap of t*(n+m)/2, so the Jaccard similarity of the two token sets is
+    at least t/(2-t) (0.54 at t = 0.7). A pair at Jaccard s shares a band with probability
+    1-(1-s^rows)^bands; more rows per band mean fewer chance candidates, so take the most rows that
+    still reach MIN_CANDIDATE_PROBABILITY at that floor (t = 0.7: 32 bands of 4 rows, 0.94).
+    """
+    floor = threshold / (2 - threshold)
+    rows = 1
+    for r in range(1, num_perm // 2 + 1):
+        if 1 - (1 - floor**r) ** (num_perm // r) >= MIN_CANDIDATE_PROBABILITY:
+            rows = r
+    return num_perm // rows, rows
+
+
+def minhash_near_duplicate_mask(texts: Sequence[str], threshold: float = 0.7, seed: int = MINHASH_SEED) -> list[bool]:
+    """near_duplicate_mask with MinHash LSH candidates: keep-first, same threshold, deterministic for a seed.
+
+    Each kept text's token set (repeats made distinct, as in the exact filter) is sketched and
+    indexed; a text is a duplicate when a candidate the index proposes passes the exact ROUGE-L
+    check. So every removed text is a true near-duplicate; what is traded is recall, the duplicate
+    pairs whose sketches share no band.
+    """
+    from datasketch import MinHash, MinHashLSH  # imports scipy: only paid above EXACT_MAX
+
+    toks = [tokenize(t) for t in texts]
+    sets = [_distinct(t) for t in toks]
+    lsh = MinHashLSH(num_perm=MINHASH_PERMUTATIONS, params=minhash_bands(threshold))
+    sketches = MinHash.generator(
+        ([tok.encode() for tok in s] for s in sets), num_perm=MINHASH_PERMUTATIONS, seed=seed
+    )  # a set's sketch does not depend on its iteration order, so neither does the result
+    keep = [False] * len(texts)
+    for i, sketch in enumerate(sketches):
+        if not toks[i]:
+            continue
+        if not any(_is_duplicate(toks[i], sets[i], toks[j], sets[j], threshold) for j in lsh.query(sketch)):
+            keep[i] = True
+            lsh.insert(i, sketch, check_duplication=False)
     return keep

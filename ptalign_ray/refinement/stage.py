@@ -207,7 +207,7 @@ def _final(state: pd.DataFrame, triplets: pd.DataFrame, cfg: PipelineConfig, cha
         toxic_categories=wide.loc[kept_ids, ("categories", "toxic")],
         config_hash=chash,
     ).reset_index()
-    keep = near_duplicate_mask(out["question"].tolist(), cfg.synthesis.dedup_threshold)
+    keep = near_duplicate_mask(out["question"].tolist(), cfg.synthesis.dedup_threshold, cfg.synthesis.dedup_exact_max)
     for qid in out.loc[[not k for k in keep], "id"]:
         reasons[qid] = "near-duplicate question"
     out = out.loc[pd.Series(keep, index=out.index, dtype=bool)].reset_index(drop=True)  # rows, also when none are kept

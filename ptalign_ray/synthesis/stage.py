@@ -72,10 +72,12 @@ def config_hash(cfg: PipelineConfig, seeds: Seeds) -> str:
     return h.hexdigest()[:16]
 
 
-def _dedupe_frame(df: pd.DataFrame, column: str, threshold: float, reference: list[str] = ()) -> pd.DataFrame:
+def _dedupe_frame(
+    df: pd.DataFrame, column: str, threshold: float, exact_max: int, reference: list[str] = ()
+) -> pd.DataFrame:
     """Drops near-duplicate rows (and rows that near-copy a reference text, e.g. a seed question)."""
     texts = list(reference) + df[column].tolist()
-    keep = near_duplicate_mask(texts, threshold)[len(reference) :]
+    keep = near_duplicate_mask(texts, threshold, exact_max)[len(reference) :]
     return df[keep].reset_index(drop=True)
 
 
@@ -100,10 +102,10 @@ def _step_topics(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str):
     def explode(row: dict) -> list[dict]:
         return [{"domain": row["domain"], "topic": t} for t in parse_topics(row["generated_text"])]
 
-    threshold, cap = syn.dedup_threshold, syn.max_topics_per_domain
+    threshold, exact_max, cap = syn.dedup_threshold, syn.dedup_exact_max, syn.max_topics_per_domain
 
     def per_domain(group: pd.DataFrame) -> pd.DataFrame:
-        return _dedupe_frame(group.reset_index(drop=True), "topic", threshold).head(cap)
+        return _dedupe_frame(group.reset_index(drop=True), "topic", threshold, exact_max).head(cap)
 
     parsed = gen.flat_map(explode).materialize()
     stats["topics_parsed"] = parsed.count()
@@ -163,11 +165,11 @@ def _step_questions(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str
         qs = parse_questions(row["generated_text"], lo, hi)
         return [{"domain": row["domain"], "topic": row["topic"], "kind": row["kind"], "question": q} for q in qs]
 
-    threshold = syn.dedup_threshold
+    threshold, exact_max = syn.dedup_threshold, syn.dedup_exact_max
     seed_refs = seeds.all_questions()
 
     def dedupe(batch: pd.DataFrame) -> pd.DataFrame:
-        out = _dedupe_frame(batch.reset_index(drop=True), "question", threshold, reference=seed_refs)
+        out = _dedupe_frame(batch.reset_index(drop=True), "question", threshold, exact_max, reference=seed_refs)
         out.insert(0, "id", [question_id(q) for q in out["question"]])
         return out
 

@@ -36,17 +36,19 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     Position t holds log p(input_ids[:, t+1] | input_ids[:, :t+1]). Computed row by row as
     ``-cross_entropy(logits, target)`` (= logit[target] - logsumexp(logits)) in float32, so at most one row of logits is ever copied to
     float32 and no [B, T, V] log-softmax tensor is materialised (the vocabulary dominates memory).
+    Rows come from ``unbind``, whose backward writes the logits' gradient once; indexing row by row
+    (``logits[i]``) allocated a zero [B, T, V] gradient per row (measured 2x slower on SmolLM2).
     """
     if logits.dim() != 3 or input_ids.dim() != 2 or logits.shape[:2] != input_ids.shape:
         raise ValueError(
             f"expected logits [B, T, V] and input_ids [B, T], got {tuple(logits.shape)} and {tuple(input_ids.shape)}"
         )
-    targets = input_ids[:, 1:].long().unsqueeze(-1)
-    rows = []
-    for i in range(logits.shape[0]):
-        row = logits[i, :-1].float()  # [T-1, V]
-        # Fused log-softmax + gather (measured 1.45x faster than gather - logsumexp, same values).
-        rows.append(-torch.nn.functional.cross_entropy(row, targets[i].squeeze(-1), reduction="none"))
+    targets = input_ids[:, 1:].long()
+    # Fused log-softmax + gather (measured 1.45x faster than gather - logsumexp, same values).
+    rows = [
+        -torch.nn.functional.cross_entropy(row[:-1].float(), target, reduction="none")
+        for row, target in zip(logits.unbind(0), targets.unbind(0))
+    ]
     return torch.stack(rows, dim=0)
 
 

@@ -107,6 +107,24 @@ def _summary(history: list[dict], metrics: list[str]) -> dict:
     return out
 
 
+def fit_keeping_ctrl_c(trainer):
+    """``trainer.fit()`` with Ctrl-C still stopping the command after it. Ray Train 2.60 installs its own
+    SIGINT handler in fit() (a first Ctrl-C aborts the run gracefully) and never puts the previous one
+    back: a later Ctrl-C - during evaluation in `ptalign run` - reached the handler of a finished run
+    and was lost; the run went on to the end (seen in test_run_pipeline). An aborted fit ends without a
+    final checkpoint, which the caller refuses to publish."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def train_stage(
     cfg: PipelineConfig,
     run: RunDir,
@@ -216,10 +234,13 @@ def _run(ctx: Context, variant: str) -> dict:
         # Every worker reads all rows and takes its own by index (see trainer.py): exact resume.
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
+    result = fit_keeping_ctrl_c(trainer)
     train_seconds = time.perf_counter() - t0
-    if result.checkpoint is None:
-        raise RuntimeError(f"[{stage}] Ray Train finished without a final checkpoint in {work}")
+    if result.checkpoint is None or not Path(result.checkpoint.path).name.startswith("final_"):
+        raise RuntimeError(
+            f"[{stage}] Ray Train ended before the last step (stopped with Ctrl-C?) without a final checkpoint in "
+            f"{work}; run the same command again to resume from its checkpoints"
+        )
 
     merge_seconds = 0.0
     with result.checkpoint.as_directory() as ckpt:

@@ -11,6 +11,13 @@ could not be replayed exactly; index sharding makes the position a single number
 epoch) that stays valid when the number of workers changes (elastic training, a restart on another
 layout).
 
+Padding. A micro-batch's sequences (chosen and rejected of its rows) are packed into rows of at most
+``max_seq_len`` tokens (first-fit decreasing), with position ids restarting at every sequence, so
+transformers' attention keeps them apart and the forward pass spends almost nothing on pad tokens.
+The log-probs are unpacked to the per-sequence layout the objectives read, so rows, micro-batches,
+counts and loss are exactly those of a padded batch. Whether the model honours packed position ids is
+checked once (two sequences packed must score as they do alone); if not, batches are padded.
+
 Loss. The objective (``training.objective``, :mod:`.objectives`) is called per micro-batch with the
 step's global counts (mask sums and pairs, all-reduced once per optimizer step), so each worker
 computes its contribution, and the loss is multiplied by the world size before ``backward()`` because
@@ -152,6 +159,89 @@ def pad_batch(
     return ids, attn, mask
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence indices per packed row: as few rows as first-fit decreasing finds, of at most ``capacity``
+    tokens, then balanced (longest first into the emptiest row) when that makes the fullest row shorter.
+
+    Every row is as wide as the fullest one, so balancing is what removes the pad tail of a last,
+    nearly empty row. Capacity ``max_seq_len`` bounds a row like the longest sequence a padded batch
+    may hold, so attention (quadratic in the row) costs no more per row than there.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if order and lengths[order[0]] > capacity:
+        raise ValueError(f"a sequence has {lengths[order[0]]} tokens, more than a row's {capacity}")
+    first_fit: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        r = next((r for r, free in enumerate(room) if lengths[i] <= free), len(first_fit))
+        if r == len(first_fit):
+            first_fit.append([])
+            room.append(capacity)
+        first_fit[r].append(i)
+        room[r] -= lengths[i]
+    balanced: list[list[int]] = [[] for _ in first_fit]
+    fill = [0] * len(first_fit)
+    for i in order:
+        r = fill.index(min(fill))
+        balanced[r].append(i)
+        fill[r] += lengths[i]
+    return balanced if max(fill, default=0) <= capacity - min(room, default=0) else first_fit
+
+
+@dataclass
+class Packed:
+    """Sequences packed into rows: the model's inputs and where each sequence's log-probs lie."""
+
+    input_ids: torch.Tensor  # [R, C]
+    position_ids: torch.Tensor  # [R, C], restarting at 0 for every sequence (and for a row's pad tail)
+    src: tuple[torch.Tensor, torch.Tensor]  # (row, column) of every next-token log-prob in the rows
+    dst: tuple[torch.Tensor, torch.Tensor]  # (sequence, position) of the same log-prob, padded layout
+    shape: tuple[int, int]  # [sequences, longest - 1]: the padded layout's log-probs
+    tokens: int  # real (non-pad) tokens
+
+    @property
+    def pad_tokens(self) -> int:
+        return self.input_ids.numel() - self.tokens
+
+    def unpack(self, logp: torch.Tensor) -> torch.Tensor:
+        """The rows' next-token log-probs [R, C-1] in the padded layout [N, T-1] (0 where no token)."""
+        src = tuple(t.to(logp.device) for t in self.src)
+        dst = tuple(t.to(logp.device) for t in self.dst)
+        return logp.new_zeros(self.shape).index_put(dst, logp[src])
+
+
+def pack_batch(seqs: list[list[int]], pad_id: int, capacity: int = 0) -> Packed:
+    """Packs ``seqs`` into rows of at most ``capacity`` tokens (at least the longest sequence).
+
+    The rows are as wide as the fullest one. A row's pad tail gets positions restarting at 0 too: it
+    is a sequence of its own, so no real token attends to it; its log-probs are never read.
+    """
+    longest = max(len(s) for s in seqs)
+    layout = pack_rows([len(s) for s in seqs], max(capacity, longest))
+    width = max(sum(len(seqs[i]) for i in r) for r in layout)
+    ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(layout), width), dtype=torch.long)
+    src_r, src_c, dst_s, dst_p = [], [], [], []
+    for r, members in enumerate(layout):
+        at = 0
+        for i in members:
+            n = len(seqs[i])
+            ids[r, at : at + n] = torch.tensor(seqs[i], dtype=torch.long)
+            pos[r, at : at + n] = torch.arange(n)
+            src_r += [r] * (n - 1)
+            src_c += range(at, at + n - 1)
+            dst_s += [i] * (n - 1)
+            dst_p += range(n - 1)
+            at += n
+        pos[r, at:] = torch.arange(width - at)
+
+    def index(a: list[int], b: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(a, dtype=torch.long), torch.tensor(b, dtype=torch.long)
+
+    tokens = sum(len(s) for s in seqs)
+    return Packed(ids, pos, index(src_r, src_c), index(dst_s, dst_p), (len(seqs), longest - 1), tokens)
+
+
 # ---------------------------------------------------------------------------------------------
 # Model
 
@@ -218,9 +308,12 @@ class Stepper:
         device: torch.device,
         rank: int = 0,
         world: int = 1,
+        pack: bool = True,
     ):
         self.model, self.tcfg, self.objective, self.pad_id = model, tcfg, objective, int(pad_id)
         self.device, self.rank, self.world = device, rank, world
+        self.pack: bool | None = None if pack else False  # None: packing not checked yet
+        self.pad_tokens = 0  # pad positions forwarded so far (the waste packing removes)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=0.0)
@@ -255,11 +348,51 @@ class Stepper:
     # --- forward passes
 
     def _logprobs(self, seqs: list[list[int]], masks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-token log-probs [N, T-1] and target masks of ``seqs`` (padded layout), and real tokens."""
         ids, attn, mask = pad_batch(seqs, masks, self.pad_id)
-        ids, attn, mask = ids.to(self.device), attn.to(self.device), mask.to(self.device)
-        with self.autocast:
-            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-        return next_token_logprobs(logits, ids), shift_mask(mask), int(attn.sum())
+        mask, tokens = shift_mask(mask.to(self.device)), int(attn.sum())
+        if self.pack is None:
+            self.pack = self.packing_works()
+        if not self.pack:
+            ids, attn = ids.to(self.device), attn.to(self.device)
+            self.pad_tokens += ids.numel() - tokens
+            with self.autocast:
+                logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            return next_token_logprobs(logits, ids), mask, tokens
+        p = pack_batch(seqs, self.pad_id, self.tcfg.max_seq_len)
+        ids = p.input_ids.to(self.device)
+        self.pad_tokens += p.pad_tokens
+        with self.autocast:  # no attention mask: transformers separates the sequences by position ids
+            logits = self.model(input_ids=ids, position_ids=p.position_ids.to(self.device), use_cache=False).logits
+        return p.unpack(next_token_logprobs(logits, ids)), mask, tokens
+
+    @torch.no_grad()
+    def packing_works(self) -> bool:
+        """Whether two sequences packed in one row get the log-probs they get in a padded batch.
+
+        A model whose attention mask ignores packed position ids (custom code) would let the second
+        sequence attend to the first and train on the wrong loss; it is then trained on padded batches.
+        Synthetic token ids, no collective: every rank reaches the same answer.
+        """
+        a, b = list(range(1, 9)), list(range(9, 21))
+        ids, attn, _ = pad_batch([a, b], [[0] * len(a), [0] * len(b)], self.pad_id)
+        ids, attn = ids.to(self.device), attn.to(self.device)
+        row = torch.tensor([a + b], device=self.device)
+        pos = torch.tensor([list(range(len(a))) + list(range(len(b)))], device=self.device)
+        was_training = self.model.training
+        self.model.eval()  # no dropout
+        try:
+            padded = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            packed = self.model(input_ids=row, position_ids=pos, use_cache=False).logits
+        finally:
+            self.model.train(was_training)
+        want = next_token_logprobs(padded, ids)[1, : len(b) - 1]
+        got = next_token_logprobs(packed, row)[0, len(a) :]
+        fp32 = next(self.model.parameters()).dtype == torch.float32
+        ok = float((want - got).abs().mean()) <= (1e-3 if fp32 else 3e-2)
+        if not ok and self.rank == 0:
+            print("[training] WARNING: the model ignores packed position ids; training on padded batches", flush=True)
+        return ok
 
     @torch.no_grad()
     def reference_logps(self, rows: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,8 +446,9 @@ class Stepper:
         """One optimizer step over this rank's rows in ``n_micro`` micro-batches (the same on every rank).
 
         Returns this rank's contribution to each of the objective's metrics (SUM over ranks = the
-        step's value), the step's global counts, tokens forwarded and the gradient norm. The rejected
-        side is measured when ``measure_toxic`` even if the objective does not train it.
+        step's value), the step's global counts, real tokens and pad positions forwarded
+        (``tokens``, ``pad_tokens``) and the gradient norm. The rejected side is measured when
+        ``measure_toxic`` even if the objective does not train it.
         ``n_micro`` defaults to what ``rows`` need (a single worker); a rank with fewer rows than the
         others, or none, runs dummy micro-batches so every rank does the same passes and all-reduces.
         """
@@ -323,7 +457,7 @@ class Stepper:
         joint = self.objective.trains_rejected
         counts = self.counts(rows, with_rejected=joint or measure_toxic)
         sums = dict.fromkeys(self.objective.metrics, 0.0)
-        tokens = 0
+        tokens, pad_before = 0, self.pad_tokens
         self.model.train()
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
@@ -341,7 +475,8 @@ class Stepper:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tcfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**sums, **asdict(counts), "tokens": tokens, "grad_norm": float(grad_norm)}
+        pad = self.pad_tokens - pad_before
+        return {**sums, **asdict(counts), "tokens": tokens, "pad_tokens": pad, "grad_norm": float(grad_norm)}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

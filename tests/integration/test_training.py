@@ -218,35 +218,23 @@ def test_worker_killed_mid_run_resumes_at_the_checkpointed_step(tmp_path, tiny_m
     assert train[-1]["mle"] < train[0]["mle"]
 
 
-def test_restarted_stage_after_a_failed_run_resumes_from_its_checkpoint(tmp_path, tiny_model, ray_local, monkeypatch):
-    from ray.train import TrainingFailedError
-
-    cfg = tiny_config(tiny_model, epochs=2, max_failures=0)
-    run = make_run(tmp_path / "run")
-    monkeypatch.setenv(training.FAIL_ENV, f"7:{tmp_path / 'killed'}")
-    with pytest.raises(TrainingFailedError):
-        training.train_stage(cfg, run, str(tiny_model))  # no retries left: the `ptalign train` run fails
-    assert not run.is_done("training") and run.work_dir("training").is_dir()
-
-    monkeypatch.delenv(training.FAIL_ENV)
-    manifest = training.train_stage(cfg, run, str(tiny_model))  # the user starts it again
-    records = history(run)
-    assert [h["step"] for h in records] == [0, 2, 4, 5, 6, 8, 10]
-    assert [h["resumed_from_step"] for h in records] == [0, 0, 0, 4, 4, 4, 4]
-    assert manifest["steps"] == 10 and manifest["samples_seen"] == 2 * 19
-
-
-def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, tiny_model, ray_local, monkeypatch):
+def test_a_failed_stage_started_again_resumes_from_its_newest_intact_checkpoint(
+    tmp_path, tiny_model, ray_local, monkeypatch
+):
+    """A `ptalign train` whose Ray Train run failed for good (no retries left) is started again by the
+    user: it resumes from its checkpoints, not from step 0 - here from the step-4 one, because the
+    newest (step 8) was left corrupt (e.g. the disk filled up while it was written)."""
     from ray.train import Result, TrainingFailedError
 
     cfg = tiny_config(tiny_model, max_failures=0)
     run = make_run(tmp_path / "run")
     monkeypatch.setenv(training.FAIL_ENV, f"11:{tmp_path / 'killed'}")  # after the checkpoints at steps 4 and 8
     with pytest.raises(TrainingFailedError):
-        training.train_stage(cfg, run, str(tiny_model))
+        training.train_stage(cfg, run, str(tiny_model))  # no retries left: the `ptalign train` run fails
+    assert not run.is_done("training") and run.work_dir("training").is_dir()
     [newest] = run.work_dir("training").glob("ray_train/*/step_0000008_*")
     assert Path(Result.from_path(newest.parent).checkpoint.path) == newest  # what get_checkpoint() will return
-    (newest / "optimizer.pt").write_bytes(b"truncated")  # e.g. the disk filled up while it was written
+    (newest / "optimizer.pt").write_bytes(b"truncated")
 
     monkeypatch.delenv(training.FAIL_ENV)
     manifest = training.train_stage(cfg, run, str(tiny_model))  # every rank falls back to the step-4 checkpoint

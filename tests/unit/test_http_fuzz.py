@@ -71,7 +71,7 @@ def _judge_outcome(raw: bytes) -> None:
         assert 400 <= err.status < 500 and err.message and len(err.message) < 5000
 
 
-FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
