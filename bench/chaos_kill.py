@@ -107,16 +107,17 @@ def run_env() -> dict:
 
 
 class Attempt:
-    """One `ptalign run` in its own session; its console goes to a log file, stage starts are timed."""
+    """One `ptalign run` (or another stage ``command``) in its own session; its console goes to a log
+    file, stage starts are timed."""
 
-    def __init__(self, config: Path, run_dir: Path, log_path: Path):
+    def __init__(self, config: Path, run_dir: Path, log_path: Path, command: str = "run"):
         self.t0 = time.monotonic()
         self.stages = stages_of(config)
         self.started: dict[str, float] = {}  # stage -> seconds after start when it began
         self.already: list[str] = []  # stages this attempt found finished
         self.resumed: set[str] = set()  # "stage/step" of this attempt's steps taken from their checkpoint
         self.last_line = ""
-        cmd = [sys.executable, "-m", "ptalign_ray", "run", "--config", str(config), "--run-dir", str(run_dir)]
+        cmd = [sys.executable, "-m", "ptalign_ray", command, "--config", str(config), "--run-dir", str(run_dir)]
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             cmd, env=run_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -188,13 +189,15 @@ class Attempt:
         self._log.close()
 
 
-def kill_tree(pid: int) -> dict:
+def kill_tree(pid: int, whole_sessions: bool = True) -> dict:
     """SIGKILLs the run's process group and every descendant, then checks that none survived.
 
     Ray's workers get process groups of their own, so killing the group alone leaves them. Every
     process of the tree is first stopped (SIGSTOP), until a pass finds no new one: a stopped process
     cannot fork, so nothing escapes between the listing and the kill. Only this run's processes are
     touched, by pid; `ray stop` would also stop other Ray clusters on the machine.
+    ``whole_sessions``: a process of the killed Ray sessions still running elsewhere is a survivor
+    (False for one node of a cluster: the other nodes share its session name).
     """
     root = psutil.Process(pid)
     frozen: dict[int, psutil.Process] = {}
@@ -229,7 +232,8 @@ def kill_tree(pid: int) -> dict:
             pass
     _, alive = psutil.wait_procs([p for p in frozen.values() if p.pid != pid], timeout=30)
     survivors = [p.pid for p in alive if _running(p)]
-    survivors += [p.pid for p in psutil.process_iter() if _in_sessions(p, sessions)]
+    if whole_sessions:
+        survivors += [p.pid for p in psutil.process_iter() if _in_sessions(p, sessions)]
     return {"processes_killed": len(frozen), "ray_sessions": sorted(sessions), "survivors": sorted(set(survivors))}
 
 

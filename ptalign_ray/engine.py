@@ -193,25 +193,38 @@ async def direct_async_generate(
 
 class EngineActor:
     """A Ray actor around vLLM's AsyncLLM: concurrent ``generate`` calls (one per Ray Data batch)
-    share the engine's continuous batching, so several batches in flight keep it full."""
+    share the engine's continuous batching, so several batches in flight keep it full.
+
+    When its process or node dies, Ray restarts it elsewhere (``engine.max_restarts``) and retries the
+    calls in flight: the restarted actor has no engine yet, so the first call starts one.
+    """
 
     def __init__(self, model_path: str, model: ModelConfig, engine: EngineConfig):
+        import asyncio
+
         self.args = (model_path, model, engine)
         self.llm = None
+        self._starting = asyncio.Lock()  # concurrent calls on a restarted actor start one engine
 
     async def start(self) -> float:
+        """Starts the engine (once); returns the seconds it took, 0 if it was running."""
         import time
 
-        t0 = time.perf_counter()
-        self.llm = direct_async_llm(*self.args)
-        # one token through the engine, so the first real batch does not pay for lazy set-up
-        await direct_async_generate(self.llm, [1, 2, 3], {"max_tokens": 1, "temperature": 0.0}, "warmup")
-        return time.perf_counter() - t0
+        async with self._starting:
+            if self.llm is not None:
+                return 0.0
+            t0 = time.perf_counter()
+            self.llm = direct_async_llm(*self.args)
+            # one token through the engine, so the first real batch does not pay for lazy set-up
+            await direct_async_generate(self.llm, [1, 2, 3], {"max_tokens": 1, "temperature": 0.0}, "warmup")
+            return time.perf_counter() - t0
 
     async def generate(self, prompt_ids: list[list[int]], params: list[dict]) -> list[tuple[str, int]]:
         import asyncio
         import uuid
 
+        if self.llm is None:  # restarted by Ray after its node or process died
+            await self.start()
         tag = uuid.uuid4().hex
         jobs = [
             direct_async_generate(self.llm, ids, p, f"{tag}-{i}") for i, (ids, p) in enumerate(zip(prompt_ids, params))
@@ -229,9 +242,12 @@ def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
     (tensor/pipeline parallel within one node through vLLM's own multiprocessing executor)."""
     workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
     env = {"env_vars": engine_env(engine)}
+    # a lost node or process: Ray restarts the actor where there is room and retries its calls
+    common = {"runtime_env": env, "max_concurrency": 1000, "max_restarts": engine.max_restarts,
+              "max_task_retries": engine.max_restarts}  # fmt: skip
     if engine.device == "cpu":
-        return {"num_cpus": engine.cpus_per_engine * workers, "runtime_env": env, "max_concurrency": 1000}
-    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": workers, "runtime_env": env, "max_concurrency": 1000}
+        return {"num_cpus": engine.cpus_per_engine * workers, **common}
+    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": workers, **common}
     if engine.accelerator_type:
         opts["accelerator_type"] = engine.accelerator_type
     return opts

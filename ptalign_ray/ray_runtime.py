@@ -117,3 +117,48 @@ def remove_serve_app(name: str, serve_was_running: bool) -> None:
         serve.delete(name)
     if not serve_was_running and not serve.status().applications:
         serve.shutdown()
+
+
+def lost_cluster_part(err: BaseException) -> Optional[BaseException]:
+    """The Ray failure behind ``err`` when a node, worker process or object was lost (or Ray Train gave
+    up restarting a group that lost one), else None: such a run resumes when the same command runs again.
+
+    Looks through the causes Ray wraps a failure in (a task's ``cause``, Ray Train's worker and controller
+    failures, a health check's failure). A Ray Train failure that is only the training code's own error
+    (a bug, a bad checkpoint) is not a lost part: it is raised as it is.
+    """
+    import ray.exceptions
+
+    lost: tuple[type, ...] = (
+        ray.exceptions.RayActorError,  # incl. ActorDiedError: its process or node died
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.LocalRayletDiedError,
+        ray.exceptions.ObjectLostError,  # incl. OwnerDiedError
+    )
+    try:  # what Ray Train 2.60 raises when its workers' node went away (internal module: optional)
+        from ray.train.v2._internal.exceptions import (
+            WorkerGroupStartupFailedError,
+            WorkerGroupStartupTimeoutError,
+            WorkerHealthCheckFailedError,
+            WorkerHealthCheckTimeoutError,
+        )
+        from ray.train.v2.api.exceptions import PreemptionError
+
+        lost += (WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError, WorkerGroupStartupFailedError,
+                 WorkerGroupStartupTimeoutError, PreemptionError)  # fmt: skip
+    except ImportError:
+        pass
+    seen: set[int] = set()
+    todo: list[object] = [err]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, lost):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None),
+                 getattr(e, "health_check_failure", None), getattr(e, "_base_exc", None)]  # fmt: skip
+        todo += list(getattr(e, "worker_failures", {}).values())
+    return None

@@ -32,7 +32,8 @@ from ptalign_ray.runs import RunDir, StageConfigMismatch  # noqa: F401  (re-expo
 from ptalign_ray.stages import Context, Stage, run_stage
 
 # Fields that change how a run is operated, not what it learns: a restart may change them.
-_OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only", "ablation_dpo")
+_OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only", "ablation_dpo",
+                "elastic_resize_interval_s")  # fmt: skip
 FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
 
 
@@ -200,9 +201,17 @@ def _run(ctx: Context, variant: str) -> dict:
         "model_path": model_path,
         "pad_id": int(pad_id),
         "trust_remote_code": cfg.model.trust_remote_code,
+        "checkpoint_root": str(work / "ray_train" / name),  # where Ray Train writes this run's checkpoints
         **_fault_injection(work),
     }
     workers = tuple(tcfg.num_workers) if isinstance(tcfg.num_workers, (tuple, list)) else int(tcfg.num_workers)
+    if isinstance(workers, tuple):
+        # Ray Train sizes an elastic group from the nodes' total CPUs / GPUs, not from what is free: an
+        # engine this process keeps for evaluation would hold one, and a group counted with it would
+        # wait for it forever. Evaluation starts its engine again.
+        from ptalign_ray.generation import release_engines
+
+        release_engines()
     datasets = {"train": data.train}
     if data.holdout is not None:
         datasets["holdout"] = data.holdout
@@ -212,7 +221,9 @@ def _run(ctx: Context, variant: str) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=tcfg.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=tcfg.use_gpu, elastic_resize_monitor_interval_s=tcfg.elastic_resize_interval_s
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=str(work / "ray_train"),

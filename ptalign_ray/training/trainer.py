@@ -29,8 +29,11 @@ optimizer gathered to rank 0 through ``torch.distributed.checkpoint.state_dict``
 FSDP or a single worker), the step, epoch, data position, samples seen (which drives the learning-rate
 schedule), the metrics history, and one RNG file per rank (tensors and lists: everything is loaded
 with ``weights_only=True``). On restart ``ray.train.get_checkpoint()`` returns the latest one and
-training continues at the next step. Every trainable tensor must be in it (no silent fresh adapter);
-if any rank cannot read it, all ranks fall back to the newest older checkpoint Ray Train kept
+training continues at the next step. A checkpoint folder that a worker wrote into the run's storage
+but Ray Train never registered (its node was lost before the controller collected the report: seen
+on a multi-node cluster, bench/node_loss.py) is newer than that one, or the only one: the newest
+folder wins, else the restarted group would train again from step 0. Every trainable tensor must be in it (no silent fresh adapter);
+if any rank cannot read it, all ranks fall back to the next older folder and the older checkpoints Ray Train kept
 (``ray.train.get_all_reported_checkpoints()``), and if none loads the error names the folders.
 """
 
@@ -40,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -317,6 +321,14 @@ class Stepper:
 
     # --- distributed helpers
 
+    def agree(self, value):
+        """Rank 0's ``value`` on every rank (e.g. a folder listing every rank must follow alike)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def all_reduce(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
         if self.world > 1:
@@ -552,9 +564,10 @@ class Worker(Stepper):
             else:
                 inner.save_pretrained(directory / FULL_MODEL_DIR, state_dict=full, safe_serialization=True)
 
-    def restore(self, checkpoint) -> None:
-        """Continues from ``checkpoint`` (Ray Train's latest) or, if it cannot be read on every rank,
-        from the newest older checkpoint Ray Train kept; raises :class:`CheckpointError` if none loads."""
+    def restore(self, checkpoint, saved: list[str]) -> None:
+        """Continues from the newest of ``checkpoint`` (Ray Train's latest, or None) and the folders in
+        ``saved`` (:func:`saved_checkpoints`) that every rank reads, else from the older checkpoints Ray
+        Train kept; raises :class:`CheckpointError` if none loads."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -568,12 +581,17 @@ class Worker(Stepper):
         def all_ok(ok: bool) -> bool:  # every rank must take the same checkpoint
             return self.all_reduce([0.0 if ok else 1.0])[0] == 0
 
-        skipped, ckpt, loaded = load_first_good(_newest_first(checkpoint), read, all_ok)
+        skipped, ckpt, loaded = load_first_good(_newest_first(checkpoint, saved), read, all_ok)
         folder = _folder(ckpt)
+        self.taken_names = {Path(p).name for p in saved}  # see checkpoint_name
         if skipped:
-            self.taken_names = {Path(c.path).name for c in _kept_checkpoints()}  # see checkpoint_name
+            self.taken_names |= {Path(c.path).name for c in _kept_checkpoints()}
             if self.rank == 0:
                 print("[training] WARNING: " + "\n".join(skipped) + f"\n[training] resuming from {folder}", flush=True)
+        elif checkpoint is None or _folder(checkpoint) != folder:
+            if self.rank == 0:
+                print(f"[training] resuming from {folder}, newer than Ray Train's latest checkpoint "
+                      f"({_folder(checkpoint) if checkpoint else 'none'}): its report never reached Ray Train", flush=True)  # fmt: skip
         try:
             # Not strict: the frozen base weights are not in the checkpoint (and a missing key would be
             # filled with the model's current value anyway): read_checkpoint checked the trainable keys.
@@ -667,10 +685,31 @@ def _kept_checkpoints() -> list:
     return [r.checkpoint for r in ray.train.get_all_reported_checkpoints(timeout_s=60)]
 
 
-def _newest_first(checkpoint):
-    """Ray Train's latest checkpoint, then (listed only if it fails) the older ones Ray Train kept."""
-    yield checkpoint
-    yield from (c for c in reversed(_kept_checkpoints()) if c.path != checkpoint.path)
+def step_of(name: str) -> int:
+    """The step of a checkpoint folder named by :func:`checkpoint_name`; -1 for another name."""
+    m = re.match(r"(?:final_)?step_(\d+)", name)
+    return int(m.group(1)) if m else -1
+
+
+def saved_checkpoints(root) -> list[str]:
+    """The checkpoint folders a training run wrote into its storage folder ``root``, newest step first."""
+    if not root or not Path(root).is_dir():
+        return []
+    found = [p for p in Path(root).iterdir() if p.is_dir() and step_of(p.name) >= 0]
+    return [str(p) for p in sorted(found, key=lambda p: (step_of(p.name), p.stat().st_mtime), reverse=True)]
+
+
+def _newest_first(checkpoint, saved: list[str]):
+    """Where to resume, newest step first: Ray Train's latest checkpoint and the run's saved folders
+    (Ray Train's first among equals), then (listed only if those fail) the older ones Ray Train kept."""
+    import ray.train
+
+    listed = [] if checkpoint is None else [checkpoint]
+    listed += [ray.train.Checkpoint(path) for path in saved if checkpoint is None or path != _folder(checkpoint)]
+    listed.sort(key=lambda c: (step_of(Path(_folder(c)).name), c is checkpoint), reverse=True)
+    yield from listed
+    seen = {_folder(c) for c in listed}
+    yield from (c for c in reversed(_kept_checkpoints()) if _folder(c) not in seen)
 
 
 def checkpoint_name(step: int, resumed_from: int, final: bool, taken: set[str] = frozenset()) -> str:
@@ -789,17 +828,21 @@ def train_loop_per_worker(config: dict) -> None:
     w = Worker(config)
     tcfg, p = w.tcfg, w.progress
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        w.restore(checkpoint)
+    saved = w.agree(saved_checkpoints(config.get("checkpoint_root")))  # one listing for every rank
+    resumed = checkpoint is not None or bool(saved)
+    if resumed:
+        w.restore(checkpoint, saved)
         p = w.progress
     else:
         torch.manual_seed(tcfg.seed + 7919 * w.rank)
     n = len(w.train_rows)
     total_steps_hint = p.step + math.ceil(max(w.total_samples - p.samples_seen, 0) / w.rows_per_step)
 
-    def report(metrics: dict, save: bool, final: bool = False) -> None:
-        record = {**metrics, "resumed_from_step": p.resumed_from_step, "world_size": w.world, "time": time.time()}
-        if w.rank == 0:
+    def report(metrics: dict, save: bool, final: bool = False, again: bool = False) -> None:
+        """``again``: hands in a finished state once more (its record is already in the history)."""
+        record = metrics if again else {**metrics, "resumed_from_step": p.resumed_from_step, "world_size": w.world,
+                                        "time": time.time()}  # fmt: skip
+        if w.rank == 0 and not again:
             p.history.append(record)
         if not save:
             ray.train.report(record)
@@ -812,8 +855,10 @@ def train_loop_per_worker(config: dict) -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    if checkpoint is None and w.holdout_rows:
+    if not resumed and w.holdout_rows:
         report({"step": 0, "epoch": 0, **w.evaluate()}, save=False)
+    if p.epoch >= tcfg.epochs:  # resumed from a final checkpoint Ray Train never registered: hand it in
+        report(p.history[-1] if p.history else {"step": p.step, "epoch": p.epoch}, save=True, final=True, again=True)
 
     window = Window(w.objective)
     while p.epoch < tcfg.epochs:

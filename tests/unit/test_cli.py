@@ -120,3 +120,36 @@ def test_a_ctrl_c_a_library_swallowed_still_ends_the_command_with_130(monkeypatc
 
     monkeypatch.setattr(cli, "cmd_validate", wrapped)
     assert cli.main(["validate"]) == 130
+
+
+def test_a_run_that_lost_a_node_exits_75_naming_the_command_that_resumes(monkeypatch, capsys, tmp_path):
+    """Ray's own error (here a node that died under a Ray Data task) becomes one line that says to run
+    the same command again; the traceback goes to the run's log only."""
+    import ray.exceptions
+
+    from ptalign_ray import cli
+
+    def lost(args):
+        cli._open_run_log(args.run_dir)
+        died = ray.exceptions.NodeDiedError("node 7f00 died")
+        raise RuntimeError("the dataset failed") from ray.exceptions.RayTaskError("answer", "Traceback ...", died)
+
+    monkeypatch.setattr(cli, "cmd_stage", lost)
+    monkeypatch.setattr(cli, "_LOG_FILE", [])
+    run_dir = str(tmp_path / "run")
+    assert cli.main(["synthesize", "--run-dir", run_dir]) == cli.EXIT_RESUMABLE == 75
+    err = capsys.readouterr().err
+    assert "NodeDiedError: node 7f00 died" in err and "Traceback" not in err
+    assert f"run the same command to resume: ptalign synthesize --run-dir {run_dir}" in err
+    assert "Traceback" in (tmp_path / "run" / "logs" / "ptalign.log").read_text()
+
+    def bug(args):
+        raise RuntimeError("a bug") from ValueError("not Ray's")
+
+    monkeypatch.setattr(cli, "cmd_stage", bug)
+    try:
+        cli.main(["synthesize", "--run-dir", run_dir])
+    except RuntimeError as e:
+        assert str(e) == "a bug"  # anything else still raises with its traceback
+    else:
+        raise AssertionError("a bug was reported as a lost node")

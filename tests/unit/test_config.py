@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ptalign_ray.config import ConfigError, PipelineConfig, load_config, parse_config
+from ptalign_ray.config import ConfigError, PipelineConfig, TrainingConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,3 +147,16 @@ def test_default_yaml_differs_from_the_code_defaults_only_where_its_header_says_
     lr = ("training.learning_rate", "training.warmup_ratio")
     undocumented = [p for p in _differences(code, yaml_cfg) if not p.startswith(sizes + method + lr)]
     assert undocumented == []
+
+
+def test_elastic_workers_need_restarts_and_take_the_resize_interval():
+    """Ray Train 2.60 shrinks an elastic group only by restarting it after the failure a lost node causes."""
+    cfg = parse_config({"training": {"num_workers": [1, 4], "elastic_resize_interval_s": 5}})
+    assert cfg.training.num_workers == (1, 4) and cfg.training.elastic_resize_interval_s == 5
+    assert cfg.training.max_failures >= 1
+    with pytest.raises(ConfigError) as e:
+        parse_config({"training": {"num_workers": [1, 4], "max_failures": 0}})
+    assert "training.max_failures >= 1" in str(e.value)
+    assert parse_config({"training": {"num_workers": 2, "max_failures": 0}}).training.max_failures == 0  # fixed: ok
+    described = TrainingConfig.model_fields["num_workers"].description
+    assert "total resources" in described and "latest checkpoint" in described

@@ -52,3 +52,39 @@ def test_a_second_timeout_or_another_error_is_raised(errors):
         for p in spawned:
             p.kill()
             p.wait()
+
+
+def test_a_lost_node_worker_or_object_is_found_behind_the_errors_that_wrap_it():
+    import ray.exceptions
+    from ray.train import ControllerError, WorkerGroupError
+    from ray.train.v2._internal.exceptions import (
+        UserExceptionWithTraceback,
+        WorkerGroupStartupTimeoutError,
+        WorkerHealthCheckFailedError,
+    )
+
+    from ptalign_ray.ray_runtime import lost_cluster_part
+
+    died = ray.exceptions.ActorDiedError()
+    task = ray.exceptions.RayTaskError("answer", "Traceback ...", died)  # Ray Data's task waited on the engine
+    try:
+        try:
+            raise task
+        except ray.exceptions.RayTaskError as inner:
+            raise RuntimeError("the dataset failed") from inner
+    except RuntimeError as outer:
+        assert lost_cluster_part(outer) is not None
+    assert lost_cluster_part(ray.exceptions.NodeDiedError("node 1 died")) is not None
+    assert lost_cluster_part(ray.exceptions.ObjectLostError("ab" * 14, "owner", "")) is not None
+    assert lost_cluster_part(WorkerGroupError("training failed", {0: died})) is not None  # Ray Train gave up
+    # what Ray Train 2.60 reports when a worker's node died: a failed health check around the actor's death
+    health = WorkerHealthCheckFailedError("worker 1 failed its health check", died)
+    gloo = UserExceptionWithTraceback(RuntimeError("Connection closed by peer"), "Traceback ...")
+    assert lost_cluster_part(WorkerGroupError("training failed", {0: gloo, 1: health})) is health
+    assert lost_cluster_part(ControllerError(WorkerGroupStartupTimeoutError(2))) is not None
+    # the training code's own error (a bug, an unreadable checkpoint) is not a lost part of the cluster
+    own = UserExceptionWithTraceback(ValueError("no readable checkpoint"), "Traceback ...")
+    assert lost_cluster_part(WorkerGroupError("training failed", {0: own})) is None
+    assert lost_cluster_part(ValueError("a bug")) is None
+    bug = ray.exceptions.RayTaskError("answer", "Traceback ...", ValueError("a bug in a task"))
+    assert lost_cluster_part(bug) is None  # an error in the task's own code is a bug, not a lost node

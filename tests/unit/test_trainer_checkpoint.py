@@ -124,3 +124,30 @@ def test_checkpoint_names_do_not_reuse_a_kept_folder():
     assert checkpoint_name(15, 4, final=True) == "final_step_0000015"
     taken = {"step_0000008_from_0000004", "step_0000008_from_0000004_1"}
     assert checkpoint_name(8, 4, final=False, taken=taken) == "step_0000008_from_0000004_2"
+
+
+def test_a_saved_folder_newer_than_ray_trains_latest_checkpoint_is_resumed_first(tmp_path, monkeypatch):
+    """A worker whose node is lost after writing a checkpoint but before Ray Train's controller
+    registered it leaves a newer folder than get_checkpoint()'s (or the only one): resume from it,
+    not from step 0 (seen on a multi-node cluster, bench/node_loss.py)."""
+    import ray.train
+
+    from ptalign_ray.training import trainer
+
+    root = tmp_path / "ray_train" / "training-abc"
+    for name in ("step_0000002_from_0000000", "step_0000004_from_0000000", "step_0000006_from_0000000"):
+        (root / name).mkdir(parents=True)
+    (root / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray Train's own files are not checkpoints
+    saved = trainer.saved_checkpoints(root)
+    assert [trainer.step_of(p.rsplit("/", 1)[-1]) for p in saved] == [6, 4, 2]
+    assert trainer.saved_checkpoints(tmp_path / "none") == [] and trainer.saved_checkpoints(None) == []
+
+    older = ray.train.Checkpoint(str(tmp_path / "kept" / "step_0000001_from_0000000"))
+    monkeypatch.setattr(trainer, "_kept_checkpoints", lambda: [older])
+    latest = ray.train.Checkpoint(str(root / "step_0000004_from_0000000"))  # what Ray Train registered
+    order = [trainer._folder(c).rsplit("/", 1)[-1] for c in trainer._newest_first(latest, saved)]
+    assert order == ["step_0000006_from_0000000", "step_0000004_from_0000000", "step_0000002_from_0000000",
+                     "step_0000001_from_0000000"]  # fmt: skip
+    order = [trainer._folder(c).rsplit("/", 1)[-1] for c in trainer._newest_first(None, saved[2:])]
+    assert order == ["step_0000002_from_0000000", "step_0000001_from_0000000"]  # Ray Train registered none
+    assert trainer.step_of("final_step_0000015") == 15 and trainer.step_of("step_0000008_from_0000004_2") == 8
