@@ -51,20 +51,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import chaos_kill  # noqa: E402
 import psutil  # noqa: E402
+from pipeline_config import free_port  # noqa: E402
 
+from ptalign_ray.ray_runtime import START_TIMED_OUT  # noqa: E402  (`ray start` on an overloaded machine)
 from ptalign_ray.runs import RunDir  # noqa: E402
 
 ENGINE = "EngineActor"  # Ray titles an actor's process "ray::<Class>...": the vLLM engine actor
 TRAIN_WORKER = "RayTrainWorker"  # a Ray Train (v2) worker
 RESUME_HINT = "run the same command to resume"
 EXIT_RESUMABLE = 75
-START_TIMED_OUT = "timed out during startup"  # `ray start` on an overloaded machine (ray_runtime.START_TIMED_OUT)
-
-
-def free_port() -> int:
-    from pipeline_config import free_port as free
-
-    return free()
 
 
 class Cluster:

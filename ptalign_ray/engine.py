@@ -272,8 +272,11 @@ def stop_engine_actors(actors: list) -> None:
     import ray
 
     for actor in actors:
-        for stop in (lambda: ray.get(actor.shutdown.remote(), timeout=60), lambda: ray.kill(actor)):
-            try:
-                stop()
-            except Exception:  # noqa: BLE001 - a dead actor (or a Ray already shut down) has nothing to stop
-                pass
+        try:
+            ray.get(actor.shutdown.remote(), timeout=60)
+        except Exception:  # noqa: BLE001 - a dead actor is already stopped
+            pass
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - a Ray already shut down (a test's teardown) has nothing to kill
+            pass
