@@ -8,9 +8,12 @@ into place only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -49,6 +52,21 @@ def embedded_gguf_path() -> Path:
 
 
 def _materialise_gguf(gguf: Path, out_dir: Path) -> None:
+    """Converts the GGUF file into a safetensors directory. Without a terminal (CI, `ray job
+    submit`) its three progress bars would land in the log as single overwritten lines: what they
+    print goes to a buffer that is shown only if the conversion fails."""
+    if sys.stderr.isatty():
+        return _convert_gguf(gguf, out_dir)
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(quiet):
+            _convert_gguf(gguf, out_dir)
+    except BaseException:
+        sys.stderr.write(quiet.getvalue())
+        raise
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -82,6 +100,7 @@ def materialise_embedded(home: Path | None = None) -> Path:
         if (target / _COMPLETE).exists():  # another process finished while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=root))
+        print(f"[model] materialising the embedded SmolLM2 into {target} (once)", file=sys.stderr, flush=True)
         try:
             _materialise_gguf(embedded_gguf_path(), tmp)
             (tmp / _COMPLETE).write_text("ok\n")

@@ -60,7 +60,6 @@ def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
     reports) stays in Ray's log files, Ray Data logs at WARNING, and progress bars are drawn only
     on a terminal (never dumped into a CI log or a job log).
     """
-    import logging
 
     import ray
 
@@ -93,10 +92,18 @@ def init_ray(cfg: RayConfig, quiet: Optional[bool] = None):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
     ctx.print_on_execution_start = False
-    if not verbose():  # after `import ray.data`, which configures its own loggers
+    quiet_ray_loggers()  # after `import ray.data`, which configures its own loggers
+    return ray
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's and vLLM's driver-side loggers at WARNING unless verbose. `import ray.serve` sets its
+    logger to INFO, so a caller that imports Serve later calls this again."""
+    import logging
+
+    if not verbose():
         for name in ("ray.data", "ray.train", "ray.serve", "ray.tune", "vllm"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    return ray
 
 
 def serve_is_running() -> bool:

@@ -216,6 +216,9 @@ def start_judge(
     """Starts the judge app on Serve (in the connected Ray) at cfg.host:cfg.port; returns its URL."""
     from ray import serve
 
+    from ptalign_ray.ray_runtime import quiet_ray_loggers
+
+    quiet_ray_loggers()  # importing Serve set its logger to INFO
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     serve.run(build_judge_deployment(cfg, policy_model_path, engine), name=APP_NAME, route_prefix=ROUTE_PREFIX)
     return judge_url(cfg)

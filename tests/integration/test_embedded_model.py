@@ -18,13 +18,17 @@ _CHILD = "import sys; from pathlib import Path; from ptalign_ray.models import m
 def test_two_processes_materialise_one_intact_model(tmp_path):
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for _ in range(2)
     ]
-    outs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    done = [p.communicate(timeout=600) for p in procs]
+    outs = [out.strip() for out, _ in done]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1]
+    # without a terminal: one line from the process that converted, no progress bars
+    errs = "".join(err for _, err in done)
+    assert errs.count("[model] materialising") == 1 and "it/s]" not in errs, errs[-2000:]
     target = tmp_path / "models" / "smollm2-135m-instruct"
     assert str(target) == outs[0]
     # only the finished model remains: no half-written temporary folders
