@@ -348,6 +348,12 @@ def analyse(sizes: list[dict]) -> dict:
                 "peak_rss_sum_gib": r["memory"]["peak_rss_sum_gib"],
                 "peak_pss_sum_gib": r["memory"]["peak_pss_sum_gib"],
             })  # fmt: skip
+        # growth beyond the fixed costs: the cost of each added question between consecutive sizes,
+        # against the same between the first two (1.0 = linear plus a fixed part, > 1 = superlinear)
+        for prev, cur in zip(per[1:], per[2:]):
+            first = (per[1]["wall_s"] - per[0]["wall_s"]) / max(per[1]["questions"] - per[0]["questions"], 1)
+            step = (cur["wall_s"] - prev["wall_s"]) / max(cur["questions"] - prev["questions"], 1)
+            cur["marginal_cost_ratio"] = round(step / first, 3) if first > 0 else None
         res = {"by_size": per}
         if len(rows) >= 2:
             t = [x[2]["wall_s"] for x in rows]
@@ -469,6 +475,8 @@ def main() -> int:
             "split) sampled every 4th time",
             "ratio_to_linear": "t(k) / ((k / k_min) * t(k_min)); *_measured_questions uses the measured question "
             "ratio instead of k",
+            "marginal_cost_ratio": "seconds per added red-team question between this size and the previous one, "
+            "over the same between the first two sizes: 1.0 = linear plus a fixed part, > 1 = superlinear",
         },  # fmt: skip
         "sizes": [],
     }

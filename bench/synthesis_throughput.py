@@ -39,6 +39,17 @@ def report(results: dict, out: str | None) -> None:
             json.dump(results, f, indent=2)
 
 
+def load_model(config: str):
+    """(config, local model path, tokenizer) of a config file, the model resolved as a run does."""
+    from ptalign_ray.chat_template import load_tokenizer
+    from ptalign_ray.config import load_config
+    from ptalign_ray.models import resolve_model
+
+    cfg = load_config(config)
+    model_path = resolve_model(cfg.model.name_or_path)
+    return cfg, model_path, load_tokenizer(model_path)
+
+
 def build_prompts(n: int):
     from ptalign_ray.seeds import load_seeds
     from ptalign_ray.synthesis.prompts import question_messages
@@ -59,16 +70,12 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the results as JSON here too")
     args = ap.parse_args()
 
-    from ptalign_ray.chat_template import load_tokenizer, render_ids
-    from ptalign_ray.config import load_config
+    from ptalign_ray.chat_template import render_ids
     from ptalign_ray.engine import direct_generate, direct_llm
     from ptalign_ray.generation import generate, release_engines, token_stats
-    from ptalign_ray.models import resolve_model
     from ptalign_ray.ray_runtime import init_ray
 
-    cfg = load_config(args.config)
-    model_path = resolve_model(cfg.model.name_or_path)
-    tok = load_tokenizer(model_path)
+    cfg, model_path, tok = load_model(args.config)
     messages = build_prompts(args.prompts)
     # min_tokens = max_tokens: both sides generate exactly the same number of tokens.
     params = {"temperature": 0.7, "top_p": 0.95, "max_tokens": args.max_tokens, "min_tokens": args.max_tokens}

@@ -170,8 +170,10 @@ def cmd_run(args) -> int:
     report = RunDir(args.run_dir).stage_dir("evaluation") / "report.html"
     per_stage = ", ".join(f"{name} {s:.0f}s" for name, s in seconds.items())
     _log(f"\n[run] all stages done in {time.perf_counter() - t0:.0f}s ({per_stage})")
-    starts = ", ".join(f"{Path(m).name} {s:.0f}s" for m, s in ENGINE_STARTS) or "none"
-    _log(f"[run] engine starts: {len(ENGINE_STARTS)} ({starts}); each model's engine is started once and reused")
+    starts = ", ".join(f"{' + '.join(Path(m).parent.name + '/' + Path(m).name for m in paths)} {s:.0f}s"
+                       for paths, s in ENGINE_STARTS) or "none"  # fmt: skip
+    _log(f"[run] engine starts: {len(ENGINE_STARTS)} ({starts}); each model's engine is started once and reused, "
+         "models evaluated one after the other start together")  # fmt: skip
     _log(f"[run] report: {report.resolve()}")
     if getattr(args, "serve", False):
         return cmd_serve(args)

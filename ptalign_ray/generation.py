@@ -1,36 +1,40 @@
 """One generation pass over a Ray Dataset: rows -> chat messages -> vLLM -> rows with text.
 
 Shared by synthesis, refinement and evaluation so that every stage renders prompts the same way
-and records the same generation statistics. Ray Data renders the prompts and streams batches of
-``engine.batch_size`` rows to long-lived engine actors (:mod:`ptalign_ray.engine`): one engine per
+and records the same generation statistics. Ray Data builds each row's chat messages and streams
+batches of ``engine.batch_size`` rows to long-lived engine actors, which render them (:mod:`ptalign_ray.engine`): one engine per
 model per process, started on first use and reused by every later pass over the same model, so a
 step pays for generation, not for an engine start.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
-from ptalign_ray.chat_template import load_tokenizer, render_ids
 from ptalign_ray.config import EngineConfig, ModelConfig
-from ptalign_ray.engine import sampling_params, start_engine_actors, stop_engine_actors
+from ptalign_ray.engine import start_engine_actors, stop_engine_actors
 
-# model path -> (engine config, actor handles); one model's engines at a time (bounded memory)
+# model path -> (engine config, actor handles); the models of one pass (and those started with it)
+# at a time: bounded memory
 _ENGINES: dict[str, tuple[EngineConfig, list]] = {}
-# engine starts of this process: (model path, seconds), read into stage time budgets
-ENGINE_STARTS: list[tuple[str, float]] = []
+# engine starts of this process: (model paths started together, seconds), read into stage time budgets
+ENGINE_STARTS: list[tuple[tuple[str, ...], float]] = []
 
 
-def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig) -> list:
-    """The running engine actors of this model, started (and other models' stopped) when needed."""
+def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig, start_with: Sequence[str] = ()) -> list:
+    """The running engine actors of this model; when they must start, other models' engines are
+    stopped and the engines of ``start_with`` (the models a caller generates with next) start
+    together with this one, so that their start-ups overlap and the next pass finds them running."""
     held = _ENGINES.get(model_path)
     if held is not None and held[0] == engine:
         return held[1]
     release_engines()
-    actors, seconds = start_engine_actors(model_path, model, engine)
-    _ENGINES[model_path] = (engine, actors)
-    ENGINE_STARTS.append((model_path, round(seconds, 2)))
-    return actors
+    paths = tuple(dict.fromkeys([model_path, *start_with]))
+    actors, seconds = start_engine_actors(paths, model, engine)
+    for path, group in actors.items():
+        _ENGINES[path] = (engine, group)
+    ENGINE_STARTS.append((paths, round(seconds, 2)))
+    return _ENGINES[model_path][1]
 
 
 def release_engines() -> None:
@@ -54,6 +58,7 @@ def generate(
     sampling_of: Callable[[dict], dict],
     keep: tuple[str, ...],
     prefix_of: Optional[Callable[[dict], str]] = None,
+    start_with: Sequence[str] = (),
 ):
     """Returns ``ds`` with the columns ``keep`` plus generated_text / token counts per row
     (and prompt_too_long: rows whose prompt did not fit the context get empty text).
@@ -61,42 +66,33 @@ def generate(
     ``messages_of(row)`` builds the chat messages and ``sampling_of(row)`` the vLLM sampling
     parameters of a row; ``prefix_of(row)``, when given, the text the answer starts from (it is
     part of generated_text). All run inside Ray workers, so they must be picklable.
+    ``start_with``: models whose engines start together with this one's if it must start
+    (:func:`engines_for`).
     """
     import ray
     import ray.data
 
-    trust = model.trust_remote_code
-    max_len = model.max_model_len
-
     def answer(batch):
-        """Renders a batch (one chat template for every stage) and sends it to one engine actor;
-        prompts that leave no room to generate never reach the engine (vLLM would fail the whole
-        batch): they come back with empty text and prompt_too_long=True for the caller to count."""
-        tok = load_tokenizer(model_path, trust)
+        """Builds a batch's chat messages, response prefixes and sampling parameters and sends them to
+        one engine actor, which renders them with the one chat template (the tokenizer lives there:
+        these tasks stay light, a new Ray worker starts in about a second) and generates. Prompts
+        that leave no room to generate come back with empty text and prompt_too_long=True."""
         rows = batch.to_dict("records")
         prefixes = [prefix_of(r) if prefix_of else "" for r in rows]
-        ids = [render_ids(tok, messages_of(r), response_prefix=pre) for r, pre in zip(rows, prefixes)]
-        fits = [len(p) < max_len - 1 for p in ids]
-        todo = [i for i, ok in enumerate(fits) if ok]
-        params = []
-        for i in todo:
-            p = sampling_params(sampling_of(rows[i]))
-            p["max_tokens"] = max(1, min(int(p["max_tokens"]), max_len - len(ids[i])))  # never past the context
-            params.append(p)
-        got: list = [("", 0)] * len(rows)
-        if todo:
-            # the engine is chosen by the batch's first prompt: batches spread over the actors
-            actor = actors[hash(tuple(ids[todo[0]][-8:])) % len(actors)]
-            for i, res in zip(todo, ray.get(actor.generate.remote([ids[i] for i in todo], params))):
-                got[i] = res
+        chats = [(messages_of(r), pre) for r, pre in zip(rows, prefixes)]
+        # the engine is chosen by the batch's first prompt: batches spread over the actors
+        actor = actors[hash(repr(chats[0])) % len(actors)]
+        got = ray.get(actor.generate_chats.remote(chats, [sampling_of(r) for r in rows]))
         out = batch[list(keep)].copy()
-        out["generated_text"] = [pre + text if ok else "" for pre, (text, _), ok in zip(prefixes, got, fits)]
-        out["num_generated_tokens"] = [int(n) for _, n in got]
-        out["num_input_tokens"] = [len(p) for p in ids]
-        out["prompt_too_long"] = [not ok for ok in fits]
+        out["generated_text"] = [
+            pre + text if not too_long else "" for pre, (text, _, _, too_long) in zip(prefixes, got)
+        ]
+        out["num_generated_tokens"] = [int(n) for _, n, _, _ in got]
+        out["num_input_tokens"] = [int(n) for _, _, n, _ in got]
+        out["prompt_too_long"] = [bool(t) for _, _, _, t in got]
         return out
 
-    actors = engines_for(model_path, engine, model)
+    actors = engines_for(model_path, engine, model, start_with)
     # One Ray Data operator: tasks render and wait on the engines (no CPU of their own; a few
     # batches in flight per engine keep its continuous batching full).
     return ds.map_batches(

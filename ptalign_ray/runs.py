@@ -313,6 +313,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def has_checkpoint(work: Path, name: str, config_hash: str) -> bool:
+    """Whether :func:`checkpointed` would return this step from its checkpoint."""
+    data, meta = work / f"{name}.parquet", work / f"{name}.json"
+    saved = read_json(meta) if meta.is_file() else {}
+    return saved.get("config_hash") == config_hash and data.is_file() and saved.get("sha256") == file_sha256(data)
+
+
 def checkpointed(work: Path, name: str, config_hash: str, compute: Callable[[], tuple[pd.DataFrame, dict]]):
     """Runs a step once per config hash; on a rerun returns (dataframe, stats) from its checkpoint.
 
@@ -320,9 +327,8 @@ def checkpointed(work: Path, name: str, config_hash: str, compute: Callable[[], 
     that names it (killed between the two writes, or left by another config) is recomputed.
     """
     data, meta = work / f"{name}.parquet", work / f"{name}.json"
-    saved = read_json(meta) if meta.is_file() else {}
-    if saved.get("config_hash") == config_hash and data.is_file() and saved.get("sha256") == file_sha256(data):
-        stats = saved["stats"]
+    if has_checkpoint(work, name, config_hash):
+        stats = read_json(meta)["stats"]
         stats["resumed"] = True
         return pd.read_parquet(data), stats
     df, stats = compute()

@@ -37,7 +37,7 @@ from ptalign_ray.evaluation.judges import build_judge
 from ptalign_ray.evaluation.overlap import overlap_report
 from ptalign_ray.evaluation.prompt_sets import SOURCES, select_prompts
 from ptalign_ray.evaluation.sampled import generation_rows, sampled_uids
-from ptalign_ray.runs import RunDir, checkpointed, write_json_atomic, write_parquet_atomic
+from ptalign_ray.runs import RunDir, checkpointed, has_checkpoint, write_json_atomic, write_parquet_atomic
 from ptalign_ray.stages import Context, Stage, run_stage
 
 STAGE = "evaluation"
@@ -95,8 +95,11 @@ def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, lis
     return refs, hashes
 
 
-def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> tuple[pd.DataFrame, dict]:
-    """One generation pass of one model over every row (greedy and sampled; Ray Data + vLLM), in rid order."""
+def _generate(
+    cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log, start_with: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, dict]:
+    """One generation pass of one model over every row (greedy and sampled; Ray Data + vLLM), in rid
+    order. ``start_with``: the next model to evaluate, whose engine starts with this one's."""
     import ray.data as ray_data
 
     from ptalign_ray.generation import ENGINE_STARTS, engine_start_seconds, generate, token_stats
@@ -111,7 +114,7 @@ def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> 
         ds, model_path, cfg.model, cfg.engine,
         messages_of=lambda r: [{"role": "user", "content": r["prompt"]}],
         sampling_of=lambda r: greedy if r["sample"] < 0 else sampled,
-        keep=("rid",),
+        keep=("rid",), start_with=start_with,
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     out = gen.to_pandas().set_index("rid").loc[rows["rid"]].reset_index()
@@ -222,11 +225,17 @@ def _run(ctx: Context) -> dict:
     generations: dict[str, pd.DataFrame] = {}
     gen_stats: dict[str, dict] = {}
     need_ray = True
+    ghashes = {name: _hash({**gen_cfg, "model": info["identity"]}) for name, info in models.items()}
+    # models still to generate with, in order: each engine start brings the next model's with it
+    pending = [
+        info["path"] for name, info in models.items() if not has_checkpoint(work, f"generations_{name}", ghashes[name])
+    ]
     for name, info in models.items():
-        ghash = _hash({**gen_cfg, "model": info["identity"]})
+        ghash = ghashes[name]
         label = MODEL_LABELS.get(name, name)
+        nxt = tuple(pending[pending.index(info["path"]) + 1 :][:1]) if info["path"] in pending else ()
 
-        def compute(info=info, label=label):
+        def compute(info=info, label=label, nxt=nxt):
             nonlocal need_ray
             if need_ray:
                 init_ray(cfg.ray)
@@ -234,7 +243,7 @@ def _run(ctx: Context) -> dict:
             log(f"[evaluation] generating with {label} ({info['source']}): {len(prompts)} prompts greedy "
                 f"(max_tokens={ecfg.sampling.max_tokens}, temperature={ecfg.sampling.temperature}) + "
                 f"{len(rows) - len(prompts)} sampled answers, one pass")  # fmt: skip
-            return _generate(cfg, info["path"], rows, log)
+            return _generate(cfg, info["path"], rows, log, start_with=nxt)
 
         df, stats = checkpointed(work, f"generations_{name}", ghash, compute)
         generations[name], gen_stats[name] = df, stats
