@@ -1,7 +1,10 @@
 """How cost grows with the work (issue #14, item 6): wall time and peak memory of synthesis,
 refinement and training at 1x, 4x and 16x the tiny pipeline's question count.
 
-    nice -n 5 .venv/bin/python bench/scaling.py --sizes 1,4,16 --timeout 1800
+    nice -n 5 .venv/bin/python bench/scaling.py --sizes 1,4,16 --timeout 1800 [--base default]
+
+``--base default`` (the figures in the README): configs/default.yaml's sizes, sampling and training
+on the tiny test model, so 1x is the main job's question count and 16x sixteen times it.
 
 The tests' tiny whole-pipeline config (tests/pipeline_config.py) on the tiny test model, with
 PT-ALIGN training only (``training.ablation_mle_only: false``) and, as in bench/chaos_kill.py, two
@@ -54,14 +57,29 @@ GIB = 2**30
 OWN_UNIT = {"synthesis": "questions_parsed", "refinement": "triplets_in", "training": "samples_seen"}
 
 
-def scaled_config(model_dir: Path, k: int, judge_port: int) -> dict:
-    """The tests' tiny config with every question-writing prompt multiplied by k."""
+def scaled_config(model_dir: Path, k: int, judge_port: int, base: str = "tiny") -> dict:
+    """A config with every question-writing prompt multiplied by k.
+
+    ``base`` "tiny": the tests' tiny whole-pipeline config; "default": configs/default.yaml's sizes,
+    sampling and training (the main job's question count at 1x) on the tiny model, with the question
+    judge's bar lowered as in the tests (the random model writes no harmful questions) and only the
+    PT-ALIGN training."""
+    import yaml
     from pipeline_config import tiny_pipeline_config
 
-    cfg = tiny_pipeline_config(model_dir)
+    tiny = tiny_pipeline_config(model_dir)
+    if base == "default":
+        cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+        cfg["model"] = tiny["model"]
+        cfg["engine"]["cpu_kvcache_space_gib"] = tiny["engine"]["cpu_kvcache_space_gib"]
+        cfg["synthesis"]["min_question_harm_prob"] = tiny["synthesis"]["min_question_harm_prob"]
+        cfg["training"]["ablation_mle_only"] = False
+        cfg.setdefault("judge", {})
+    else:
+        cfg = tiny
+        for section, values in MORE_DATA.items():
+            cfg[section].update(values)
     cfg["judge"]["port"] = judge_port
-    for section, values in MORE_DATA.items():
-        cfg[section].update(values)
     syn = cfg["synthesis"]
     syn["topic_samples"] = syn["topic_samples"] * k
     syn["max_topics_per_domain"] = syn["max_topics_per_domain"] * k
@@ -439,7 +457,13 @@ def machine() -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="1,4,16", help="multiples of the tiny config's question prompts")
+    p.add_argument("--sizes", default="1,4,16", help="multiples of the base config's question prompts")
+    p.add_argument(
+        "--base",
+        choices=("tiny", "default"),
+        default="tiny",
+        help="tiny: the tests' whole-pipeline config; default: configs/default.yaml's sizes on the tiny model",
+    )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/ptalign-scaling"), help="configs, run dirs, logs")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one stage may take")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
@@ -462,8 +486,11 @@ def main() -> int:
         "commit": git.stdout.strip(),
         "machine": machine(),
         "setup": {
-            "config": "tests/pipeline_config.tiny_pipeline_config on tests/tiny_model.py",
-            "overrides": MORE_DATA,
+            "config": "tests/pipeline_config.tiny_pipeline_config on tests/tiny_model.py"
+            if args.base == "tiny"
+            else "configs/default.yaml's sizes on tests/tiny_model.py (model, KV cache and question-judge bar "
+            "from the tiny config; training.ablation_mle_only false)",
+            "overrides": MORE_DATA if args.base == "tiny" else None,
             "size_knob": "k x synthesis.topic_samples, k x synthesis.max_topics_per_domain, "
             "k x synthesis.everyday_samples",
             "stages": "separate `python -m ptalign_ray synthesize|refine|train` processes, fresh run dir per size",
@@ -494,7 +521,7 @@ def main() -> int:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         config = args.workdir / f"tiny-{k}x.yaml"
-        cfg = scaled_config(model_dir, k, free_port())
+        cfg = scaled_config(model_dir, k, free_port(), args.base)
         config.write_text(yaml.safe_dump(cfg))
         size = {"k": k, "synthesis_knobs": {key: cfg["synthesis"][key] for key in
                 ("topic_samples", "max_topics_per_domain", "everyday_samples")}, "stages": {}}  # fmt: skip
