@@ -100,10 +100,14 @@ def quiet_ray_loggers() -> None:
     """Ray's and vLLM's driver-side loggers at WARNING unless verbose. `import ray.serve` sets its
     logger to INFO, so a caller that imports Serve later calls this again."""
     import logging
+    import warnings
 
     if not verbose():
         for name in ("ray.data", "ray.train", "ray.serve", "ray.tune", "vllm"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # Ray Data's advice when a small pass (a refinement round with two rows) has fewer blocks
+        # than the tasks it may run: expected here, and no use to a reader of the run's log
+        warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
 
 
 def serve_is_running() -> bool:
