@@ -2,9 +2,9 @@
 
 Shared by synthesis, refinement and evaluation so that every stage renders prompts the same way
 and records the same generation statistics. Ray Data builds each row's chat messages and streams
-batches of ``engine.batch_size`` rows to long-lived engine actors, which render them (:mod:`ptalign_ray.engine`): one engine per
-model per process, started on first use and reused by every later pass over the same model, so a
-step pays for generation, not for an engine start.
+batches of ``engine.batch_size`` rows to long-lived engine actors (:mod:`ptalign_ray.engine`),
+which render and generate them: one engine per model per process, started on first use and reused
+by every later pass over the same model, so a step pays for generation, not for an engine start.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from ptalign_ray.config import EngineConfig, ModelConfig
-from ptalign_ray.engine import start_engine_actors, stop_engine_actors
+from ptalign_ray.engine import engine_actor_options, start_engine_actors, stop_engine_actors
 
 # model path -> (engine config, actor handles); the models of one pass (and those started with it)
 # at a time: bounded memory
@@ -30,11 +30,24 @@ def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig, start
         return held[1]
     release_engines()
     paths = tuple(dict.fromkeys([model_path, *start_with]))
+    if len(paths) > 1 and not _room_for(len(paths), engine):
+        paths = (model_path,)  # e.g. a GPU cluster sized for one model's engines: one after the other
     actors, seconds = start_engine_actors(paths, model, engine)
     for path, group in actors.items():
         _ENGINES[path] = (engine, group)
     ENGINE_STARTS.append((paths, round(seconds, 2)))
     return _ENGINES[model_path][1]
+
+
+def _room_for(models: int, engine: EngineConfig) -> bool:
+    """Whether the cluster has the CPUs and GPUs free for this many models' engines at once."""
+    import ray
+
+    opts = engine_actor_options(engine)
+    count = engine.concurrency if isinstance(engine.concurrency, int) else max(engine.concurrency)
+    free = ray.available_resources()
+    need = {"CPU": opts.get("num_cpus", 0), "GPU": opts.get("num_gpus", 0)}
+    return all(free.get(kind, 0) >= per * count * models for kind, per in need.items())
 
 
 def release_engines() -> None:
@@ -80,9 +93,11 @@ def generate(
         rows = batch.to_dict("records")
         prefixes = [prefix_of(r) if prefix_of else "" for r in rows]
         chats = [(messages_of(r), pre) for r, pre in zip(rows, prefixes)]
-        # the engine is chosen by the batch's first prompt: batches spread over the actors
-        actor = actors[hash(repr(chats[0])) % len(actors)]
-        got = ray.get(actor.generate_chats.remote(chats, [sampling_of(r) for r in rows]))
+        got = []
+        if chats:
+            # the engine is chosen by the batch's first prompt: batches spread over the actors
+            actor = actors[hash(repr(chats[0])) % len(actors)]
+            got = ray.get(actor.generate_chats.remote(chats, [sampling_of(r) for r in rows]))
         out = batch[list(keep)].copy()
         out["generated_text"] = [
             pre + text if not too_long else "" for pre, (text, _, _, too_long) in zip(prefixes, got)
@@ -93,8 +108,8 @@ def generate(
         return out
 
     actors = engines_for(model_path, engine, model, start_with)
-    # One Ray Data operator: tasks render and wait on the engines (no CPU of their own; a few
-    # batches in flight per engine keep its continuous batching full).
+    # One Ray Data operator: tasks build the chats and wait on the engines (no CPU of their own; a
+    # few batches in flight per engine keep its continuous batching full).
     return ds.map_batches(
         answer, batch_size=engine.batch_size, batch_format="pandas", num_cpus=0,
         compute=ray.data.TaskPoolStrategy(size=4 * len(actors)),

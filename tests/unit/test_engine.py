@@ -66,6 +66,8 @@ def test_the_actor_renders_chats_with_the_chat_template_and_skips_prompts_that_d
 
 
 def test_engines_for_starts_the_next_model_with_this_one_and_reuses_it(monkeypatch):
+    import ray
+
     from ptalign_ray import generation
 
     started, stopped = [], []
@@ -74,7 +76,9 @@ def test_engines_for_starts_the_next_model_with_this_one_and_reuses_it(monkeypat
         started.append(tuple(paths))
         return {p: [f"actor:{p}"] for p in paths}, 1.5
 
+    free = {"CPU": 4.0}
     monkeypatch.setattr(generation, "start_engine_actors", fake_start)
+    monkeypatch.setattr(ray, "available_resources", lambda: dict(free))
     monkeypatch.setattr(generation, "stop_engine_actors", stopped.extend)
     monkeypatch.setattr(generation, "_ENGINES", {})
     monkeypatch.setattr(generation, "ENGINE_STARTS", [])
@@ -87,3 +91,10 @@ def test_engines_for_starts_the_next_model_with_this_one_and_reuses_it(monkeypat
     assert generation.ENGINE_STARTS == [(("base",), 1.5), (("a", "b"), 1.5)]
     generation.release_engines()
     assert sorted(stopped) == ["actor:a", "actor:b", "actor:base"]
+    free["CPU"] = 1.0  # room for one model's engine only: the next one waits for its own turn
+    assert generation.engines_for("c", cfg, model, start_with=["d"]) == ["actor:c"]
+    assert started[-1] == ("c",)
+    gpu = EngineConfig(device="gpu")
+    free.update(CPU=8.0, GPU=1.0)
+    generation.engines_for("e", gpu, model, start_with=["f"])
+    assert started[-1] == ("e",)  # each needs the GPU
