@@ -164,16 +164,18 @@ def cmd_run(args) -> int:
         start = time.perf_counter()
         _run_stages(stages, ctx)
         seconds[name] = time.perf_counter() - start
-    from ptalign_ray.generation import ENGINE_STARTS, release_engines
+    from ptalign_ray.generation import ENGINE_LOADS, release_engines
 
     release_engines()
     report = RunDir(args.run_dir).stage_dir("evaluation") / "report.html"
     per_stage = ", ".join(f"{name} {s:.0f}s" for name, s in seconds.items())
     _log(f"\n[run] all stages done in {time.perf_counter() - t0:.0f}s ({per_stage})")
-    starts = ", ".join(f"{' + '.join(Path(m).parent.name + '/' + Path(m).name for m in paths)} {s:.0f}s"
-                       for paths, s in ENGINE_STARTS) or "none"  # fmt: skip
-    _log(f"[run] engine starts: {len(ENGINE_STARTS)} ({starts}); each model's engine is started once and reused, "
-         "models evaluated one after the other start together")  # fmt: skip
+    starts = [e for e in ENGINE_LOADS if not e.swapped]
+    swaps = [e for e in ENGINE_LOADS if e.swapped]
+    named = ", ".join(f"{Path(e.path).parent.name}/{Path(e.path).name} {e.seconds:.0f}s" for e in starts) or "none"
+    loaded = f"; weights loaded in place {len(swaps)}x ({sum(e.seconds for e in swaps):.1f}s in all)" if swaps else ""
+    _log(f"[run] engine starts: {len(starts)} ({named}){loaded}; an engine is reused by every later pass over its "
+         "model, and over a model with its architecture and tokenizer by loading that model's weights")  # fmt: skip
     _log(f"[run] report: {report.resolve()}")
     if getattr(args, "serve", False):
         return cmd_serve(args)

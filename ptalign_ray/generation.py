@@ -3,63 +3,78 @@
 Shared by synthesis, refinement and evaluation so that every stage renders prompts the same way
 and records the same generation statistics. Ray Data builds each row's chat messages and streams
 batches of ``engine.batch_size`` rows to long-lived engine actors (:mod:`ptalign_ray.engine`),
-which render and generate them: one engine per model per process, started on first use and reused
-by every later pass over the same model, so a step pays for generation, not for an engine start.
+which render and generate them: engines are started on first use and reused by every later pass,
+over the same model or, by loading its weights in place, over a model of the same architecture and
+tokenizer (the trained models after their base), so a step pays for generation, not for an engine
+start.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from ptalign_ray.config import EngineConfig, ModelConfig
-from ptalign_ray.engine import engine_actor_options, start_engine_actors, stop_engine_actors
-
-# model path -> (engine config, actor handles); the models of one pass (and those started with it)
-# at a time: bounded memory
-_ENGINES: dict[str, tuple[EngineConfig, list]] = {}
-# engine starts of this process: (model paths started together, seconds), read into stage time budgets
-ENGINE_STARTS: list[tuple[tuple[str, ...], float]] = []
+from ptalign_ray.engine import start_engine_actors, stop_engine_actors, swap_engine_weights, weights_swappable
 
 
-def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig, start_with: Sequence[str] = ()) -> list:
-    """The running engine actors of this model; when they must start, other models' engines are
-    stopped and the engines of ``start_with`` (the models a caller generates with next) start
-    together with this one, so that their start-ups overlap and the next pass finds them running."""
-    held = _ENGINES.get(model_path)
-    if held is not None and held[0] == engine:
-        return held[1]
+@dataclass
+class _Pool:
+    """The engine actors this process keeps: one pool at a time (bounded memory), serving ``path``."""
+
+    engine: EngineConfig
+    model: ModelConfig
+    path: str
+    actors: list
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """One engine start or in-place weight load of this process, read into stage time budgets."""
+
+    path: str
+    seconds: float
+    swapped: bool  # weights loaded into a running engine (no new engine)
+
+
+_POOL: Optional[_Pool] = None
+ENGINE_LOADS: list[EngineLoad] = []
+
+
+def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig) -> list:
+    """The running engine actors, serving ``model_path``. The engines already running serve it when
+    they do, or take its weights in place when it has their architecture and tokenizer (the merged
+    models after their base: seconds instead of an engine start); otherwise they are stopped and new
+    ones start."""
+    global _POOL
+    pool = _POOL
+    if pool is not None and pool.engine == engine and pool.model == model:
+        if pool.path == model_path:
+            return pool.actors
+        if weights_swappable(pool.path, model_path):
+            seconds = swap_engine_weights(pool.actors, model_path)
+            pool.path = model_path
+            ENGINE_LOADS.append(EngineLoad(model_path, round(seconds, 2), swapped=True))
+            return pool.actors
     release_engines()
-    paths = tuple(dict.fromkeys([model_path, *start_with]))
-    if len(paths) > 1 and not _room_for(len(paths), engine):
-        paths = (model_path,)  # e.g. a GPU cluster sized for one model's engines: one after the other
-    actors, seconds = start_engine_actors(paths, model, engine)
-    for path, group in actors.items():
-        _ENGINES[path] = (engine, group)
-    ENGINE_STARTS.append((paths, round(seconds, 2)))
-    return _ENGINES[model_path][1]
-
-
-def _room_for(models: int, engine: EngineConfig) -> bool:
-    """Whether the cluster has the CPUs and GPUs free for this many models' engines at once."""
-    import ray
-
-    opts = engine_actor_options(engine)
-    count = engine.concurrency if isinstance(engine.concurrency, int) else max(engine.concurrency)
-    free = ray.available_resources()
-    need = {"CPU": opts.get("num_cpus", 0), "GPU": opts.get("num_gpus", 0)}
-    return all(free.get(kind, 0) >= per * count * models for kind, per in need.items())
+    actors, seconds = start_engine_actors(model_path, model, engine)
+    _POOL = _Pool(engine, model, model_path, actors)
+    ENGINE_LOADS.append(EngineLoad(model_path, round(seconds, 2), swapped=False))
+    return actors
 
 
 def release_engines() -> None:
-    """Stops every engine this process started (their CPUs / GPUs and KV cache go back to Ray)."""
-    while _ENGINES:
-        _, (_, actors) = _ENGINES.popitem()
-        stop_engine_actors(actors)
+    """Stops the engines this process started (their CPUs / GPUs and KV cache go back to Ray)."""
+    global _POOL
+    pool, _POOL = _POOL, None
+    if pool is not None:
+        stop_engine_actors(pool.actors)
 
 
-def engine_start_seconds(since: int = 0) -> float:
-    """Seconds spent starting engines since ``ENGINE_STARTS[since]`` (for a step's time budget)."""
-    return round(sum(s for _, s in ENGINE_STARTS[since:]), 2)
+def engine_load_seconds(since: int = 0) -> float:
+    """Seconds spent starting engines or loading weights into them since ``ENGINE_LOADS[since]``
+    (a step's share of its time budget's ``engine_start_s``)."""
+    return round(sum(e.seconds for e in ENGINE_LOADS[since:]), 2)
 
 
 def generate(
@@ -71,7 +86,6 @@ def generate(
     sampling_of: Callable[[dict], dict],
     keep: tuple[str, ...],
     prefix_of: Optional[Callable[[dict], str]] = None,
-    start_with: Sequence[str] = (),
 ):
     """Returns ``ds`` with the columns ``keep`` plus generated_text / token counts per row
     (and prompt_too_long: rows whose prompt did not fit the context get empty text).
@@ -79,8 +93,6 @@ def generate(
     ``messages_of(row)`` builds the chat messages and ``sampling_of(row)`` the vLLM sampling
     parameters of a row; ``prefix_of(row)``, when given, the text the answer starts from (it is
     part of generated_text). All run inside Ray workers, so they must be picklable.
-    ``start_with``: models whose engines start together with this one's if it must start
-    (:func:`engines_for`).
     """
     import ray
     import ray.data
@@ -97,7 +109,7 @@ def generate(
         if chats:
             # the engine is chosen by the batch's first prompt: batches spread over the actors
             actor = actors[hash(repr(chats[0])) % len(actors)]
-            got = ray.get(actor.generate_chats.remote(chats, [sampling_of(r) for r in rows]))
+            got = ray.get(actor.generate_chats.remote(chats, [sampling_of(r) for r in rows], model_path))
         out = batch[list(keep)].copy()
         out["generated_text"] = [
             pre + text if not too_long else "" for pre, (text, _, _, too_long) in zip(prefixes, got)
@@ -107,7 +119,7 @@ def generate(
         out["prompt_too_long"] = [bool(t) for _, _, _, t in got]
         return out
 
-    actors = engines_for(model_path, engine, model, start_with)
+    actors = engines_for(model_path, engine, model)
     # One Ray Data operator: tasks build the chats and wait on the engines (no CPU of their own; a
     # few batches in flight per engine keep its continuous batching full).
     return ds.map_batches(

@@ -346,16 +346,16 @@ class StepTimer:
 
     @contextmanager
     def step(self, name: str) -> Iterator[dict[str, Any]]:
-        from ptalign_ray.generation import ENGINE_STARTS, engine_start_seconds
+        from ptalign_ray.generation import ENGINE_LOADS, engine_load_seconds
 
         record: dict[str, Any] = {}
-        t0, starts = time.perf_counter(), len(ENGINE_STARTS)
+        t0, loads = time.perf_counter(), len(ENGINE_LOADS)
         try:
             yield record
         finally:
             record["seconds"] = round(time.perf_counter() - t0, 2)
-            # the step's share of engine start-up (0 when an engine started earlier was reused)
-            record["engine_start_s"] = engine_start_seconds(starts)
+            # the step's share of engine start-up / weight loading (0 when the engine served its model)
+            record["engine_start_s"] = engine_load_seconds(loads)
             self.steps[name] = record
 
     def time_budget(self) -> dict[str, Any]:

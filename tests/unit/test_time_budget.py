@@ -9,10 +9,10 @@ from ptalign_ray.runs import StepTimer
 
 
 def test_engine_start_is_charged_to_the_step_that_started_it(monkeypatch):
-    monkeypatch.setattr(generation, "ENGINE_STARTS", [])
+    monkeypatch.setattr(generation, "ENGINE_LOADS", [])
     timer = StepTimer()
     with timer.step("topics"):
-        generation.ENGINE_STARTS.append((("model",), 0.05))  # what engines_for records on a start
+        generation.ENGINE_LOADS.append(generation.EngineLoad("model", 0.05, swapped=False))  # an engine start
         time.sleep(0.06)
     with timer.step("questions"):  # the engine is reused: no start-up in this step
         time.sleep(0.01)
