@@ -223,9 +223,8 @@ def _run(ctx: Context) -> dict:
     generations: dict[str, pd.DataFrame] = {}
     gen_stats: dict[str, dict] = {}
     need_ray = True
-    ghashes = {name: _hash({**gen_cfg, "model": info["identity"]}) for name, info in models.items()}
     for name, info in models.items():
-        ghash = ghashes[name]
+        ghash = _hash({**gen_cfg, "model": info["identity"]})
         label = MODEL_LABELS.get(name, name)
 
         def compute(info=info, label=label):
