@@ -38,28 +38,28 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-class JudgeBatch:
-    """Ray Data callable class: adds the judge's verdict columns to a batch of (question, response)."""
+def _judge_batch(batch: pd.DataFrame, url: str, judge: dict) -> pd.DataFrame:
+    """Ray Data task: adds the judge's verdict columns to a batch of (question, response).
 
-    def __init__(self, url: str, judge: dict):
-        from ptalign_ray.serving.protection import load_api_key
+    A task, not an actor: Ray keeps its task workers warm between Ray Data pipelines, so each
+    refinement step's judging starts at once, where an actor pool started a new worker process
+    (1-2 s) per step. The client is light (an HTTP session)."""
+    from ptalign_ray.serving.protection import load_api_key
 
-        cfg = JudgeConfig.model_validate(judge)
-        # the key is read here, on the worker (env var or file), so it never travels in task arguments
-        key = load_api_key(cfg, name="judge")
-        self.client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items, api_key=key)
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        # Every question here is a red-team question by construction (or, polarity 'benign', a
-        # benign one): say so, so the judge decides only whether the response goes along with it.
-        known = [p != "benign" for p in batch["polarity"]]
-        verdicts = self.client.judge(batch["question"].tolist(), batch["response"].tolist(), harmful_request=known)
-        for col in VERDICT_COLUMNS:
-            batch[col] = [v.get(col) for v in verdicts]
-        batch["categories"] = [list(c or []) for c in batch["categories"]]
-        batch["on_topic"] = [None if t is None else bool(t) for t in batch["on_topic"]]
-        batch["reason"] = [failure_reason(p, r, v) for p, r, v in zip(batch["polarity"], batch["response"], verdicts)]
-        return batch
+    cfg = JudgeConfig.model_validate(judge)
+    # the key is read here, on the worker (env var or file), so it never travels in task arguments
+    key = load_api_key(cfg, name="judge")
+    client = JudgeClient(url, cfg.request_timeout_s, cfg.retries, max_items=cfg.max_items, api_key=key)
+    # Every question here is a red-team question by construction (or, polarity 'benign', a
+    # benign one): say so, so the judge decides only whether the response goes along with it.
+    known = [p != "benign" for p in batch["polarity"]]
+    verdicts = client.judge(batch["question"].tolist(), batch["response"].tolist(), harmful_request=known)
+    for col in VERDICT_COLUMNS:
+        batch[col] = [v.get(col) for v in verdicts]
+    batch["categories"] = [list(c or []) for c in batch["categories"]]
+    batch["on_topic"] = [None if t is None else bool(t) for t in batch["on_topic"]]
+    batch["reason"] = [failure_reason(p, r, v) for p, r, v in zip(batch["polarity"], batch["response"], verdicts)]
+    return batch
 
 
 def judge_frame(ray_data, df: pd.DataFrame, url: str, cfg: PipelineConfig) -> pd.DataFrame:
@@ -67,11 +67,12 @@ def judge_frame(ray_data, df: pd.DataFrame, url: str, cfg: PipelineConfig) -> pd
     if df.empty:
         return df.assign(**{c: [] for c in (*VERDICT_COLUMNS, "reason")})
     ds = ray_data.from_pandas(df.reset_index(drop=True)).map_batches(
-        JudgeBatch,
-        fn_constructor_kwargs={"url": url, "judge": cfg.judge.model_dump(mode="json")},
+        _judge_batch,
+        fn_kwargs={"url": url, "judge": cfg.judge.model_dump(mode="json")},
         batch_size=cfg.refinement.batch_size,
         batch_format="pandas",
-        compute=ray_data.ActorPoolStrategy(size=1),  # one client actor: the judge batches on its side
+        # as many batches in flight as the judge has replicas: it batches on its side
+        compute=ray_data.TaskPoolStrategy(size=cfg.judge.replicas),
         num_cpus=0.5,
     )
     try:
