@@ -43,7 +43,7 @@ def _judge_batch(batch: pd.DataFrame, url: str, judge: dict) -> pd.DataFrame:
 
     A task, not an actor: Ray keeps its task workers warm between Ray Data pipelines, so each
     refinement step's judging starts at once, where an actor pool started a new worker process
-    (1-2 s) per step. The client is light (an HTTP session)."""
+    (1.5-3 s) per step. The client is light (an HTTP session)."""
     from ptalign_ray.serving.protection import load_api_key
 
     cfg = JudgeConfig.model_validate(judge)
