@@ -59,6 +59,7 @@ def test_dataset_schema_and_counts(finished_run):
     steps = manifest["steps"]
     assert steps["topics"]["rows"] == 10  # one brainstorm per domain
     assert manifest["counts"]["topics"] == steps["topics"]["topics_kept"] <= 10 * 2
+    assert df.groupby("domain")["topic"].nunique().max() <= 2  # the per-domain cap, max_topics_per_domain
     q = steps["questions"]
     # a red-team and a benign list per topic, one everyday list per everyday subject of the seeds
     assert q["rows"] == 2 * manifest["counts"]["topics"] + 10
