@@ -105,6 +105,7 @@ def _step_topics(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str):
     threshold, exact_max, cap = syn.dedup_threshold, syn.dedup_exact_max, syn.max_topics_per_domain
 
     def per_domain(batch: pd.DataFrame) -> pd.DataFrame:
+        """Each domain's topics deduplicated and capped, domains in sorted order."""
         groups = [
             _dedupe_frame(group.reset_index(drop=True), "topic", threshold, exact_max).head(cap)
             for _, group in batch.groupby("domain", sort=True)
@@ -119,7 +120,6 @@ def _step_topics(ray_data, cfg: PipelineConfig, seeds: Seeds, model_path: str):
         df = parsed.repartition(1).map_batches(per_domain, batch_size=None, batch_format="pandas").to_pandas()
     else:
         df = pd.DataFrame(columns=["domain", "topic"])
-    df = df.sort_values(["domain"], kind="stable").reset_index(drop=True)
     stats["topics_kept"] = len(df)
     stats["domains_without_topics"] = sorted(set(d.name for d in seeds.domains) - set(df["domain"]))
     return df, stats
