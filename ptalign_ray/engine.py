@@ -10,7 +10,7 @@ per model, started once per process and fed by Ray Data (:mod:`ptalign_ray.gener
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ptalign_ray.config import EngineConfig, ModelConfig
 
@@ -326,9 +326,14 @@ def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
     return opts
 
 
-def start_engine_actors(model_path: str, model: ModelConfig, engine: EngineConfig) -> tuple[list, float]:
+def start_engine_actors(
+    model_path: str, model: ModelConfig, engine: EngineConfig, while_starting: Optional[Callable[[], None]] = None
+) -> tuple[list, float]:
     """``engine.concurrency`` engine actors (the maximum of a [min, max] range) of one model, started in
-    parallel. Returns (actor handles, seconds until all were ready)."""
+    parallel. Returns (actor handles, seconds until all were ready).
+
+    ``while_starting``: the caller's own set-up, run while the engines start (an engine start is
+    mostly three Python processes importing vLLM one after the other, so a core is left free)."""
     import time
 
     import ray
@@ -337,7 +342,10 @@ def start_engine_actors(model_path: str, model: ModelConfig, engine: EngineConfi
     t0 = time.perf_counter()
     cls = ray.remote(EngineActor)
     actors = [cls.options(**engine_actor_options(engine)).remote(model_path, model, engine) for _ in range(count)]
-    ray.get([a.start.remote() for a in actors])
+    started = [a.start.remote() for a in actors]
+    if while_starting is not None:
+        while_starting()
+    ray.get(started)
     return actors, time.perf_counter() - t0
 
 

@@ -57,10 +57,37 @@ def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig) -> li
             ENGINE_LOADS.append(EngineLoad(model_path, round(seconds, 2), swapped=True))
             return pool.actors
     release_engines()
-    actors, seconds = start_engine_actors(model_path, model, engine)
+    actors, seconds = start_engine_actors(model_path, model, engine, while_starting=warm_up_ray_data)
     _POOL = _Pool(engine, model, model_path, actors)
     ENGINE_LOADS.append(EngineLoad(model_path, round(seconds, 2), swapped=False))
     return actors
+
+
+def _pass_through(batch):
+    return batch
+
+
+_RAY_DATA_WARM = False
+
+
+def warm_up_ray_data() -> None:
+    """A one-row pass through the kind of operator :func:`generate` builds, once per process, while
+    the engines start: the first pass of a process set up Ray Data's executor and a worker with
+    this module imported, which added about 3 s to the first generation step (measured: 10 topic
+    prompts took 9.3 s as the first Ray Data pass, 6.0-6.1 s after it, 5.8-6.5 s sent to the engine
+    directly). Best effort: a failure here only means the first pass pays for its set-up itself."""
+    global _RAY_DATA_WARM
+    if _RAY_DATA_WARM:
+        return
+    import ray.data
+
+    try:
+        ray.data.from_items([{"x": 0}]).map_batches(
+            _pass_through, batch_format="pandas", num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1)
+        ).materialize()
+        _RAY_DATA_WARM = True
+    except Exception:  # noqa: BLE001 - an optimisation only; the real pass reports real errors
+        pass
 
 
 def release_engines() -> None:

@@ -130,7 +130,8 @@ def test_engines_for_reuses_swaps_weights_or_starts(monkeypatch):
 
     started, stopped, swapped = [], [], []
 
-    def fake_start(path, model, cfg):
+    def fake_start(path, model, cfg, while_starting=None):
+        assert while_starting is generation.warm_up_ray_data  # Ray Data's set-up overlaps the engine start
         started.append(path)
         return [f"actor:{path}"], 1.5
 
