@@ -79,8 +79,15 @@ def warm_up_ray_data() -> None:
     global _RAY_DATA_WARM
     if _RAY_DATA_WARM:
         return
+    import logging
+
     import ray.data
 
+    ctx = ray.data.DataContext.get_current()
+    notices = logging.getLogger("ray.data._internal.progress")
+    bars, level = ctx.enable_progress_bars, notices.level
+    ctx.enable_progress_bars = False  # no progress bar for one row on a terminal,
+    notices.setLevel(logging.ERROR)  # nor Ray Data's notice that bars are off
     try:
         ray.data.from_items([{"x": 0}]).map_batches(
             _pass_through, batch_format="pandas", num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1)
@@ -88,6 +95,9 @@ def warm_up_ray_data() -> None:
         _RAY_DATA_WARM = True
     except Exception:  # noqa: BLE001 - an optimisation only; the real pass reports real errors
         pass
+    finally:
+        ctx.enable_progress_bars = bars
+        notices.setLevel(level)
 
 
 def release_engines() -> None:
