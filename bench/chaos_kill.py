@@ -106,6 +106,14 @@ def run_env() -> dict:
     return env
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a child that will be sent Ctrl-C (SIGINT): the signal's default action back.
+    A shell without job control (a script's ``cmd &``, ``nohup cmd &``) starts a background job with
+    SIGINT ignored, and every child inherits that; Python then never raises KeyboardInterrupt and the
+    child would run on as if the Ctrl-C had not been sent."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Attempt:
     """One `ptalign run` (or another stage ``command``) in its own session; its console goes to a log
     file, stage starts are timed."""
@@ -121,7 +129,7 @@ class Attempt:
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             cmd, env=run_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

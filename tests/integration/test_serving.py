@@ -332,6 +332,9 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ptalign_ray", "serve", "--config", str(path), "--run-dir", str(run.root)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # stopped with Ctrl-C below: SIGINT's default action even where the suite runs as a background
+        # job that ignores it (bench/chaos_kill.py, ctrl_c_as_in_a_terminal)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
