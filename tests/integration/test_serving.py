@@ -24,6 +24,9 @@ import yaml
 from ptalign_ray.config import parse_config
 from ptalign_ray.runs import RunDir, write_json_atomic
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import chaos_kill  # noqa: E402
+
 # exclusive: the schema fuzz and the hostile requests time every answer; `make test` runs this module
 # alone, after the parallel part (scripts/test.sh)
 pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
@@ -332,9 +335,7 @@ def test_ptalign_serve_merged_mode_deadline_and_ctrl_c(tmp_path, tiny_model):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ptalign_ray", "serve", "--config", str(path), "--run-dir", str(run.root)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        # stopped with Ctrl-C below: SIGINT's default action even where the suite runs as a background
-        # job that ignores it (bench/chaos_kill.py, ctrl_c_as_in_a_terminal)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=chaos_kill.ctrl_c_as_in_a_terminal,  # stopped with Ctrl-C below
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
