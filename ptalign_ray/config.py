@@ -49,7 +49,7 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "bfloat16",
         description="Weight dtype of the vLLM engines ('auto' = the checkpoint's). Training does not use it "
-        "(float32, or bfloat16 base weights for LoRA on GPU with training.bf16).",
+        "(float32, or bfloat16 base weights for LoRA with training.bf16).",
     )
     max_model_len: PositiveInt = Field(2048, description="Context length given to vLLM.")
     trust_remote_code: bool = Field(
@@ -444,8 +444,8 @@ class TrainingConfig(_Section):
     use_gpu: bool = Field(False, description="One GPU per Ray Train worker; false = train on CPU.")
     bf16: bool = Field(
         True,
-        description="bfloat16 autocast in the forward passes (CPU and GPU); on GPU with LoRA the frozen base "
-        "weights are also loaded in bfloat16.",
+        description="bfloat16 autocast in the forward passes (CPU and GPU); with LoRA the frozen base weights "
+        "are also held in bfloat16 (on GPU all of them, on CPU the layers under the adapters).",
     )
     seed: int = Field(
         0,

@@ -265,7 +265,25 @@ def build_model(model_path: str, tcfg: TrainingConfig, dtype: torch.dtype, seed:
         target_modules=lcfg.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)
+    if dtype == torch.float32 and tcfg.bf16:
+        frozen_linears_to_bf16(model)
+    return model
+
+
+def frozen_linears_to_bf16(model: torch.nn.Module) -> None:
+    """Stores the frozen base layers under the LoRA adapters in bf16, for training under bf16 autocast.
+
+    Autocast casts an fp32 weight to bf16 in every forward (about 100M weights per forward here); cast
+    once, the matmuls see the same bf16 values: 1.04x tokens/s on the 2-core CPU at the default
+    config's shapes, and half the memory for those weights. The adapters, embeddings, norms and a
+    head tied to the embeddings stay fp32, so the loss is computed exactly as before.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and isinstance(module.get_base_layer(), torch.nn.Linear):
+            module.get_base_layer().to(torch.bfloat16)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -382,14 +400,17 @@ class Stepper:
         was_training = self.model.training
         self.model.eval()  # no dropout
         try:
-            padded = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            packed = self.model(input_ids=row, position_ids=pos, use_cache=False).logits
+            with self.autocast:  # as the steps compute (bf16 base layers need it)
+                padded = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+                packed = self.model(input_ids=row, position_ids=pos, use_cache=False).logits
         finally:
             self.model.train(was_training)
         want = next_token_logprobs(padded, ids)[1, : len(b) - 1]
         got = next_token_logprobs(packed, row)[0, len(a) :]
-        fp32 = next(self.model.parameters()).dtype == torch.float32
-        ok = float((want - got).abs().mean()) <= (1e-3 if fp32 else 3e-2)
+        # Mean |difference| of the log-probs, SmolLM2-135M on CPU: 7e-6 in fp32 and 0.055 under bf16
+        # autocast when packing works; 1.9 (fp32) and 2.4 (bf16) when the second sequence sees the first.
+        fp32 = not self.tcfg.bf16 and all(p.dtype == torch.float32 for p in self.model.parameters())
+        ok = float((want - got).abs().mean()) <= (1e-3 if fp32 else 0.25)
         if not ok and self.rank == 0:
             print("[training] WARNING: the model ignores packed position ids; training on padded batches", flush=True)
         return ok

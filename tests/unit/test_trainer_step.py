@@ -146,7 +146,7 @@ def _stepper(model, batch_size: int, alpha) -> Stepper:
 
 @pytest.fixture(scope="module")
 def lora_model(tiny_model):
-    tcfg = TrainingConfig(lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    tcfg = TrainingConfig(bf16=False, lora={"r": 8, "alpha": 16, "dropout": 0.0})
     model = build_model(str(tiny_model), tcfg, torch.float32, seed=0)
     with torch.no_grad():  # non-zero LoRA B so every adapter weight gets a gradient
         for name, p in model.named_parameters():
@@ -512,3 +512,24 @@ def test_a_model_that_ignores_packed_positions_is_trained_on_padded_batches(lora
     got = s.train_step(pairs, measure_toxic=True)
     assert s.pack is False
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-5) and got["pad_tokens"] == want["pad_tokens"]
+
+
+def test_bf16_base_layers_give_the_logits_and_gradients_of_autocast_on_fp32_weights(tiny_model):
+    """With training.bf16 the frozen layers under the adapters are stored in bf16 once instead of being
+    cast by autocast in every forward: the same bf16 values reach the matmuls, so nothing changes."""
+    ids = torch.tensor([[5, 9, 13, 2, 7, 11, 3, 8]])
+    outs = []
+    for bf16 in (False, True):
+        tcfg = TrainingConfig(bf16=bf16, lora={"r": 8, "alpha": 16, "dropout": 0.0})
+        model = build_model(str(tiny_model), tcfg, torch.float32, seed=0)
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+        assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n or "norm" in n)
+        assert any(d == torch.bfloat16 for d in dtypes.values()) == bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        grads = [p.grad.clone() for n, p in sorted(model.named_parameters()) if p.requires_grad]
+        outs.append((logits.detach(), grads))
+    (a, ga), (b, gb) = outs
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb)) and len(ga) == len(gb) > 0
