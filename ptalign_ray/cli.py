@@ -159,17 +159,11 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     ctx = _stage_context(args)  # one config, one model, one Ray for every stage
     seconds: dict[str, float] = {}
-    _start_judge_early(ctx)
-    try:
-        for name, stages in commands().items():
-            _log(f"\n[run] stage {name}")
-            start = time.perf_counter()
-            _run_stages(stages, ctx)
-            seconds[name] = time.perf_counter() - start
-    finally:
-        from ptalign_ray.judging.app import discard_early_judge
-
-        discard_early_judge(wait_s=60 if (ctx.cfg.ray.address or os.environ.get("RAY_ADDRESS")) else 0)
+    for name, stages in commands().items():
+        _log(f"\n[run] stage {name}")
+        start = time.perf_counter()
+        _run_stages(stages, ctx)
+        seconds[name] = time.perf_counter() - start
     from ptalign_ray.generation import ENGINE_LOADS, release_engines
 
     release_engines()
@@ -186,16 +180,6 @@ def cmd_run(args) -> int:
     if getattr(args, "serve", False):
         return cmd_serve(args)
     return 0
-
-
-def _start_judge_early(ctx: Context) -> None:
-    """Refinement's judge app starts in the background when refinement will need it, so that its
-    start overlaps synthesis's engine start (judging/app.py, start_judge_early)."""
-    from ptalign_ray.judging.app import start_judge_early
-    from ptalign_ray.refinement.stage import REFINE
-
-    if REFINE.wanted(ctx.cfg) and (ctx.force or not ctx.run.is_done(REFINE.name)):
-        start_judge_early(ctx.cfg.judge, ctx.model_path, ctx.cfg.engine)
 
 
 def cmd_validate(args) -> int:

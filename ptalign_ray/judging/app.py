@@ -9,7 +9,6 @@ invalid JSON -> 400, wrong schema / empty / too many items / over-long text -> 4
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -229,7 +228,7 @@ def start_judge(
 
     quiet_ray_loggers()  # importing Serve set its logger to INFO
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
-    # Removed by its caller once its last request has returned: no 2 s drain wait when it stops (1.5 s
+    # Removed by its caller once its last request has returned: no 2 s drain wait when it stops (1.5-2.1 s
     # instead of 3.4-3.6 s to remove it, measured).
     app = build_judge_deployment(cfg, policy_model_path, engine, drain_poll_s=0.2)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX)
@@ -248,70 +247,11 @@ def judge_on_serve(
     """
     from ptalign_ray.ray_runtime import remove_serve_app, serve_is_running
 
-    early = _take_early_start((cfg, policy_model_path, engine))
-    serve_was_running, url = (early.serve_was_running, early.wait()) if early else (serve_is_running(), None)
-    try:  # an early start that failed is started again here, where its error is raised
-        yield url or start_judge(cfg, policy_model_path, engine)
+    serve_was_running = serve_is_running()
+    try:
+        yield start_judge(cfg, policy_model_path, engine)
     finally:
         remove_serve_app(APP_NAME, serve_was_running)
-
-
-class _EarlyStart:
-    """A judge app being started in a background thread (:func:`start_judge_early`)."""
-
-    def __init__(self, key: tuple):
-        self.key, self.url, self.serve_was_running = key, None, False
-        self.thread = threading.Thread(target=self._start, name="ptalign-judge-start", daemon=True)
-
-    def _start(self) -> None:
-        from ptalign_ray.ray_runtime import serve_is_running
-
-        try:
-            self.serve_was_running = serve_is_running()
-            self.url = start_judge(*self.key)
-        except Exception:  # noqa: BLE001 - judge_on_serve starts it again and raises the error there
-            pass
-
-    def wait(self, timeout_s: Optional[float] = None) -> Optional[str]:
-        """The app's URL once the start has ended; None if it failed (or is still running at the timeout)."""
-        self.thread.join(timeout_s)
-        return None if self.thread.is_alive() else self.url
-
-
-_EARLY: list[_EarlyStart] = []  # at most one
-
-
-def start_judge_early(
-    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
-) -> None:
-    """Starts the judge app in a background thread; the next :func:`judge_on_serve` with the same
-    arguments takes it over instead of starting one. `ptalign run` calls it before synthesis: the
-    judge's start (Serve's controller and proxy, a replica loading its encoder: 11-15 s here) then
-    runs while the engine starts, which leaves a core idle, instead of inside refinement."""
-    if not _EARLY:
-        _EARLY.append(_EarlyStart((cfg, policy_model_path, engine)))
-        _EARLY[0].thread.start()
-
-
-def _take_early_start(key: Optional[tuple]) -> Optional[_EarlyStart]:
-    """The early start with these arguments (any, for None), no longer pending."""
-    if _EARLY and (key is None or _EARLY[0].key == key):
-        return _EARLY.pop()
-    return None
-
-
-def discard_early_judge(wait_s: float) -> None:
-    """Removes a judge app started early that no stage took over (the run ended before refinement),
-    waiting up to ``wait_s`` for a start still under way. On a local Ray that ends with the process
-    nothing outlives it anyway; on a shared cluster the app must not be left behind."""
-    from ptalign_ray.ray_runtime import remove_serve_app
-
-    early = _take_early_start(None)
-    if early is None:
-        return
-    early.wait(wait_s)
-    if not early.thread.is_alive():  # started, or failed part-way: remove what there is
-        remove_serve_app(APP_NAME, early.serve_was_running)
 
 
 def judge_url(cfg: JudgeConfig) -> str:

@@ -16,7 +16,6 @@ from ptalign_ray.judging import app
 class FakeServe:
     def __init__(self, running: bool, apps=()):
         self.running, self.apps, self.calls = running, set(apps), []
-        self.fail_starts = 0
 
     def status(self):
         return SimpleNamespace(
@@ -24,11 +23,6 @@ class FakeServe:
         )
 
     def start_judge(self, cfg, policy_model_path=None, engine=None):
-        self.calls.append(("start", cfg.port))
-        if self.fail_starts:
-            self.fail_starts -= 1
-            self.running = True  # Serve came up, the app did not
-            raise RuntimeError("the app did not start")
         self.running = True
         self.apps.add(app.APP_NAME)
         return app.judge_url(cfg)
@@ -51,15 +45,14 @@ def fake(monkeypatch):
         monkeypatch.setattr(app, "start_judge", f.start_judge)
         return f
 
-    yield make
-    app._EARLY.clear()
+    return make
 
 
 def test_serve_started_here_is_shut_down(fake):
     f = fake(running=False)
     with app.judge_on_serve(JudgeConfig(port=8001)) as url:
         assert url == "http://127.0.0.1:8001"
-    assert f.calls == [("start", 8001), ("delete", "judge"), ("shutdown",)]
+    assert f.calls == [("delete", "judge"), ("shutdown",)]
 
 
 def test_other_apps_on_a_shared_serve_are_left_running(fake):
@@ -67,14 +60,14 @@ def test_other_apps_on_a_shared_serve_are_left_running(fake):
     with pytest.raises(KeyboardInterrupt):
         with app.judge_on_serve(JudgeConfig()):
             raise KeyboardInterrupt
-    assert f.calls == [("start", 8001), ("delete", "judge")] and f.apps == {"chat"} and f.running
+    assert f.calls == [("delete", "judge")] and f.apps == {"chat"} and f.running
 
 
 def test_an_app_deployed_meanwhile_keeps_serve_up(fake):
     f = fake(running=False)
     with app.judge_on_serve(JudgeConfig()):
         f.apps.add("someone-else")
-    assert f.calls == [("start", 8001), ("delete", "judge")] and f.running
+    assert f.calls == [("delete", "judge")] and f.running
 
 
 def test_ptalign_serve_on_a_shared_serve_removes_only_its_own_app(fake, monkeypatch):
@@ -99,41 +92,3 @@ def test_ptalign_serve_on_a_shared_serve_removes_only_its_own_app(fake, monkeypa
     assert serving_app.serve_forever(PipelineConfig(), "unused", log=lines.append) == 0
     assert f.calls == [("delete", "ptalign"), ("ray.shutdown",)] and f.apps == {"chat"}
     assert lines[-1] == "[serve] stopped"
-
-
-def test_a_judge_started_early_is_taken_over_not_started_twice(fake):
-    """`ptalign run` starts refinement's judge while synthesis starts its engine (start_judge_early)."""
-    f = fake(running=False)
-    app.start_judge_early(JudgeConfig(port=8001), "/models/m")
-    with app.judge_on_serve(JudgeConfig(port=8001), "/models/m") as url:
-        assert url == "http://127.0.0.1:8001"
-    assert f.calls == [("start", 8001), ("delete", "judge"), ("shutdown",)] and not app._EARLY
-
-
-def test_a_failed_early_start_is_started_again_where_its_error_is_raised(fake):
-    f = fake(running=False)
-    f.fail_starts = 2
-    app.start_judge_early(JudgeConfig(port=8001))
-    with pytest.raises(RuntimeError, match="did not start"):
-        with app.judge_on_serve(JudgeConfig(port=8001)):
-            pass
-    # Serve was not running before the early start: what it left is shut down
-    assert f.calls == [("start", 8001), ("start", 8001), ("shutdown",)] and not f.running
-
-
-def test_an_early_judge_no_stage_took_over_is_removed(fake):
-    """The run ended before refinement (synthesis failed, Ctrl-C): the early app does not outlive it."""
-    f = fake(running=True, apps={"chat"})
-    app.start_judge_early(JudgeConfig(port=8001))
-    app.discard_early_judge(wait_s=10)
-    assert f.calls == [("start", 8001), ("delete", "judge")] and f.apps == {"chat"} and not app._EARLY
-    app.discard_early_judge(wait_s=10)  # nothing left: a no-op
-    assert len(f.calls) == 2
-
-
-def test_an_early_start_for_other_arguments_is_not_taken_over(fake):
-    f = fake(running=False)
-    app.start_judge_early(JudgeConfig(port=8001))
-    with app.judge_on_serve(JudgeConfig(port=8002)) as url:
-        assert url == "http://127.0.0.1:8002"
-    assert ("start", 8002) in f.calls and len(app._EARLY) == 1
