@@ -8,6 +8,8 @@ real (non-pad) tokens. Variants:
   * ptalign_packed: ``Stepper.train_step`` (PT-ALIGN dual loss), a micro-batch's sequences packed into
     rows (the trainer's default);
   * ptalign_padded: the same step with every sequence padded to the longest of its micro-batch (before);
+  * ptalign_packed_lora_dropout (--lora-dropout P, default 0.05, the default before 7f909aa): the packed
+    step on a second copy of the model whose LoRA inputs go through dropout P;
   * hf_plain: ``model(input_ids, attention_mask, labels=...).loss`` on the padded batch (labels from the
     same masks), AdamW, clipping, the same bf16 autocast; the same LoRA model as the two above;
   * trl_sft: TRL's SFTTrainer (its own copy of the base model, ``peft_config`` = the same LoRA), the
@@ -121,6 +123,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-trl", action="store_true", help="skip TRL (not installed: pip install .[bench])")
     ap.add_argument("--trl-padding-free", action="store_true", help="also TRL with padding_free=True")
+    ap.add_argument(
+        "--lora-dropout", type=float, default=0.05, help="also the packed step with this LoRA dropout (0: not)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     ap.add_argument("--out", default=None, help="write the results as JSON here too")
     args = ap.parse_args()
@@ -168,6 +173,11 @@ def main() -> None:
         "ptalign_padded": lambda pairs: padded.train_step(pairs, measure_toxic=True),
         "hf_plain": hf_step,
     }
+    if args.lora_dropout and args.lora_dropout != tcfg.lora.dropout:
+        dcfg = tcfg.model_copy(update={"lora": tcfg.lora.model_copy(update={"dropout": args.lora_dropout})})
+        dropped = Stepper(build_model(model_path, dcfg, torch.float32, seed=0).to(device), dcfg, Dual(alpha=tcfg.alpha),
+                          pad_id=pad, device=device)  # fmt: skip
+        variants["ptalign_packed_lora_dropout"] = lambda pairs: dropped.train_step(pairs, measure_toxic=True)
     runs: dict[str, list[dict]] = {k: [] for k in ("trl_sft", *variants)}
 
     def clock() -> tuple[float, float]:
@@ -253,6 +263,7 @@ def main() -> None:
         "model": args.model,
         "config": args.config,
         "lora": tcfg.lora.model_dump(),
+        "lora_dropout_variant": args.lora_dropout if "ptalign_packed_lora_dropout" in runs else None,
         "autocast": "bf16" if tcfg.bf16 else "float32",
         "pairs_per_step": tcfg.batch_size,
         "sequences_per_step": 2 * tcfg.batch_size,
