@@ -37,7 +37,7 @@ VARIANTS = {
     "ut_on_openings": {"ut_skip_openings": False},
     "no_mix": {"mix": None},
     "ut_exempt": {"ut_exempt_common": 0.1},
-    # LoRA dropout as the default had it before 7f909aa (docs/benchmarks.md: 1.26-1.46x slower steps on CPU)
+    # LoRA dropout as the default had it before 7f909aa (docs/benchmarks.md: 1.26-1.50x slower steps on CPU)
     "lora_dropout_0.05": {"lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}},
     "dpo": {"objective": "dpo"},  # the same pairs trained with DPO (training.dpo_beta) instead of the dual loss
     # DPO at a usual LoRA-DPO learning rate: at the dual loss's 2e-3 it over-optimises (held-out loss -> 0)

@@ -337,8 +337,8 @@ class LoraConfig(_Section):
         0.0,
         ge=0.0,
         lt=1.0,
-        description="Dropout probability on the LoRA input. 0 (peft's and OpenRLHF's default) because on CPU "
-        "drawing the masks is a third of a training step (docs/benchmarks.md: 1.46x tokens/s without).",
+        description="Dropout probability on the LoRA input. 0 (peft's and OpenRLHF's default): without the masks "
+        "training steps ran 1.26-1.50x faster on the 2-core CPU (docs/benchmarks.md).",
     )
     target_modules: Union[Literal["all-linear"], list[str]] = Field(
         "all-linear",
