@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from ptalign_ray.config import merge_overrides
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -38,7 +40,7 @@ VARIANTS = {
     "no_mix": {"mix": None},
     "ut_exempt": {"ut_exempt_common": 0.1},
     # LoRA dropout as the default had it before 7f909aa (docs/benchmarks.md: 1.26-1.50x slower steps on CPU)
-    "lora_dropout_0.05": {"lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}},
+    "lora_dropout_0.05": {"lora": {"dropout": 0.05}},
     "dpo": {"objective": "dpo"},  # the same pairs trained with DPO (training.dpo_beta) instead of the dual loss
     # DPO at a usual LoRA-DPO learning rate: at the dual loss's 2e-3 it over-optimises (held-out loss -> 0)
     "dpo_lr2e-4": {"objective": "dpo", "learning_rate": 2e-4},
@@ -52,9 +54,8 @@ def run_variant(base_run: Path, cfg: dict, name: str, overrides: dict, out_root:
     for stage in ("synthesis", "refinement"):
         if not (run_dir / stage).exists():
             shutil.copytree(base_run / stage, run_dir / stage)
-    vcfg = json.loads(json.dumps(cfg))
-    vcfg["training"] = {**vcfg.get("training", {}), **overrides, "ablation_mle_only": False}
-    vcfg["evaluation"] = {**vcfg.get("evaluation", {}), "models": ["ptalign"]}
+    training = {**overrides, "ablation_mle_only": False}
+    vcfg = merge_overrides(cfg, {"training": training, "evaluation": {"models": ["ptalign"]}})
     cfg_path = out_root / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(vcfg, sort_keys=False))
     with (out_root / f"{name}.log").open("w") as fh:

@@ -888,6 +888,16 @@ def format_validation_error(err: ValidationError, source: str, what: str = "conf
 MAX_ERRORS_SHOWN = 10
 
 
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """``base`` (a config as plain data) with ``overrides`` applied: nested mappings key by key, any
+    other value (None included) replacing what was there."""
+    out = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_overrides(out[key], value) if nested else value
+    return out
+
+
 def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:
     if data is None:
         data = {}

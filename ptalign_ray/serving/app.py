@@ -336,7 +336,7 @@ def app_builder(args: dict[str, Any]):
     HTTP host / port come from the YAML's ``http_options``; the API key from serving.api_key_env or
     serving.api_key_file, read where the builder runs.
     """
-    from ptalign_ray.config import load_config, parse_config
+    from ptalign_ray.config import load_config, merge_overrides, parse_config
 
     args = dict(args or {})
     unknown = set(args) - {"run_dir", "config", "mode", "overrides"}
@@ -346,16 +346,9 @@ def app_builder(args: dict[str, Any]):
         raise ValueError("app args need run_dir: the run directory whose trained model is served")
     cfg = load_config(args["config"]) if args.get("config") else PipelineConfig()
     if args.get("overrides"):
-        cfg = parse_config(_merge(cfg.model_dump(mode="json"), args["overrides"]), "app args overrides")
+        cfg = parse_config(merge_overrides(cfg.model_dump(mode="json"), args["overrides"]), "app args overrides")
     app, _ = build_app(cfg, args["run_dir"], mode=args.get("mode"))
     return app
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def serving_url(serving: ServingConfig) -> str:
@@ -431,9 +424,9 @@ def serve_forever(
 
 def with_overrides(cfg: PipelineConfig, **serving: Any) -> PipelineConfig:
     """The config with command-line serving overrides (None = keep), validated like the YAML."""
-    from ptalign_ray.config import parse_config
+    from ptalign_ray.config import merge_overrides, parse_config
 
     serving = {k: v for k, v in serving.items() if v is not None}
     if not serving:
         return cfg
-    return parse_config(_merge(cfg.model_dump(mode="json"), {"serving": serving}), "command-line overrides")
+    return parse_config(merge_overrides(cfg.model_dump(mode="json"), {"serving": serving}), "command-line overrides")

@@ -96,8 +96,7 @@ def test_base_model_names():
 
 @pytest.mark.parametrize("name", ["cpu.yaml", "gpu.yaml"])
 def test_serving_yaml_args_build_a_valid_config(name):
-    from ptalign_ray.config import load_config
-    from ptalign_ray.serving.app import _merge
+    from ptalign_ray.config import load_config, merge_overrides
 
     data = yaml.safe_load((REPO / "serve_configs" / name).read_text())
     (app,) = data["applications"]
@@ -105,7 +104,7 @@ def test_serving_yaml_args_build_a_valid_config(name):
     args = app["args"]
     assert set(args) <= {"run_dir", "config", "mode", "overrides"} and args["run_dir"]
     cfg = load_config(REPO / args["config"]) if args.get("config") else PipelineConfig()
-    cfg = parse_config(_merge(cfg.model_dump(mode="json"), args.get("overrides", {})))
+    cfg = parse_config(merge_overrides(cfg.model_dump(mode="json"), args.get("overrides", {})))
     assert "api_key" not in json.dumps(args).replace("api_key_env", "")  # never a key in the YAML
     if name == "cpu.yaml":
         assert data["http_options"]["host"] == "127.0.0.1" and args["mode"] == "merged"
