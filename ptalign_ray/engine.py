@@ -187,6 +187,196 @@ async def direct_async_generate(
     return final.outputs[0].text, len(final.outputs[0].token_ids)
 
 
+def runs_in_process(engine: EngineConfig) -> bool:
+    """Whether batch engine actors run vLLM's engine core in their own process (engine.in_process)."""
+    if engine.in_process is not None:
+        return engine.in_process
+    return engine.device == "cpu" and engine.tensor_parallel_size * engine.pipeline_parallel_size == 1
+
+
+def batch_llm(model_path: str, model: ModelConfig, engine: EngineConfig):
+    """The engine an :class:`EngineActor` drives: :class:`SteppedLLM` in its own process, or vLLM's
+    AsyncLLM with its engine-core process (:func:`runs_in_process`). Both take the same calls."""
+    if not runs_in_process(engine):
+        return direct_async_llm(model_path, model, engine)
+    os.environ.update(engine_env(engine))
+    # LLMEngine starts its engine core in another process unless this is off (vllm.envs reads it lazily)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm.engine.arg_utils import EngineArgs
+
+    kwargs = engine_kwargs(model, engine)
+    workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
+    kwargs["distributed_executor_backend"] = "uni" if workers == 1 else "mp"
+    threads = None
+    if engine.device == "cpu":  # as vLLM sizes a worker process: the cores it may run on, less those reserved
+        reserved = int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores - reserved)
+    args = EngineArgs(model=model_path, **kwargs)
+    return SteppedLLM(lambda: _in_process_engine(args, threads))
+
+
+def _in_process_engine(engine_args, threads: Optional[int]):
+    """vLLM's LLMEngine with its engine core (and, with one worker, the worker) in this process."""
+    import torch
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    if threads:  # before the build: vLLM-CPU turns torch.set_num_threads into a no-op
+        torch.set_num_threads(threads)
+    return LLMEngine.from_engine_args(engine_args, enable_multiprocessing=False)
+
+
+class SteppedLLM:
+    """vLLM's LLMEngine with its engine core in this process, stepped by one thread, behind the subset
+    of AsyncLLM's interface that :class:`EngineActor` uses (``generate``, ``collective_rpc``,
+    ``reset_prefix_cache``, ``shutdown``).
+
+    Why: on CPU, AsyncLLM starts two more processes (engine core, worker) that each import vLLM; in
+    the actor's own process the engine starts in 8.6 s instead of 19.5 s at the same tokens/s
+    (bench/engine_in_process.py). Only the stepping thread touches the engine: callers hand it
+    requests and calls through a queue and await futures that it resolves.
+    """
+
+    def __init__(self, build: Callable[[], Any]):
+        """``build``: makes the engine (vLLM's LLMEngine, or a stand-in in tests); called in the stepping
+        thread, since vLLM-CPU sets up its OpenMP threads in the thread that builds it (steps from
+        another thread ran at 0.7x the tokens/s, measured on the 2-core CPU)."""
+        import queue
+        import threading
+
+        self.engine = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._waiting: dict[str, tuple] = {}  # request id -> (loop, future); the stepping thread's own
+        self._error: Optional[BaseException] = None
+        built = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(build, built), name="vllm-step", daemon=True)
+        self._thread.start()
+        built.wait()
+        if self.engine is None:
+            raise RuntimeError(f"the vLLM engine did not start: {self._error!r}") from self._error
+
+    # -- callers (any thread, usually the actor's event loop)
+
+    def _send(self, item: tuple) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the vLLM engine stopped: {self._error!r}") from self._error
+        self._inbox.put(item)
+        self._wake.set()
+        if self._error is not None:  # stopped while this was queued: nobody else will answer it
+            self._fail_all(self._error)
+
+    async def _call(self, fn: Callable):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._send(("call", fn, loop, fut))
+        return await fut
+
+    async def generate(self, prompt, sampling_params, request_id: str, lora_request=None):
+        """The request's final output (one item, as AsyncLLM yields with RequestOutputKind.FINAL_ONLY)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._send(("add", request_id, prompt, sampling_params, lora_request, loop, fut))
+        try:
+            out = await fut
+        except asyncio.CancelledError:
+            self._inbox.put(("abort", request_id))
+            self._wake.set()
+            raise
+        yield out
+
+    async def collective_rpc(self, method: str, kwargs: Optional[dict] = None):
+        return await self._call(lambda llm: llm.collective_rpc(method, kwargs=kwargs))
+
+    async def reset_prefix_cache(self) -> bool:
+        return await self._call(lambda llm: llm.reset_prefix_cache())
+
+    def shutdown(self) -> None:
+        self._inbox.put(("stop",))
+        self._wake.set()
+        self._thread.join(timeout=30)
+        if self.engine is not None:
+            self.engine.engine_core.shutdown()
+
+    # -- the stepping thread
+
+    def _run(self, build: Callable[[], Any], built) -> None:
+        try:
+            self.engine = build()
+        except BaseException as err:
+            self._error = err
+            return
+        finally:
+            built.set()
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()  # before the inbox is read: a later put sets it again
+                while True:
+                    if not self._take_inbox():
+                        raise RuntimeError("shut down")
+                    if not self.engine.has_unfinished_requests():
+                        break
+                    for out in self.engine.step():
+                        if out.finished and out.request_id in self._waiting:
+                            _resolve(*self._waiting.pop(out.request_id), result=out)
+        except BaseException as err:  # stopped, or the engine is unusable: every caller gets the error
+            self._error = err
+            self._fail_all(err)
+
+    def _fail_all(self, err: BaseException) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for loop, fut in waiting.values():
+            _resolve(loop, fut, error=err)
+        while not self._inbox.empty():
+            item = self._inbox.get()
+            if item[0] in ("add", "call"):
+                _resolve(*item[-2:], error=err)
+
+    def _take_inbox(self) -> bool:
+        """Adds new requests, drops aborted ones, runs calls; False once asked to stop."""
+        while not self._inbox.empty():
+            item = self._inbox.get()
+            kind = item[0]
+            if kind == "stop":
+                return False
+            if kind == "add":
+                _, rid, prompt, params, lora, loop, fut = item
+                try:
+                    self.engine.add_request(rid, prompt, params, lora_request=lora)
+                except Exception as err:  # this request is bad (vLLM validates it here), not the engine
+                    _resolve(loop, fut, error=err)
+                    continue
+                self._waiting[rid] = (loop, fut)
+            elif kind == "abort":
+                if self._waiting.pop(item[1], None) is not None:
+                    self.engine.abort_request([item[1]])
+            else:  # "call": between steps, so no step sees half-loaded weights
+                _, fn, loop, fut = item
+                try:
+                    _resolve(loop, fut, result=fn(self.engine))
+                except Exception as err:
+                    _resolve(loop, fut, error=err)
+        return True
+
+
+def _resolve(loop, fut, result=None, error: Optional[BaseException] = None) -> None:
+    """Completes an asyncio future from another thread (unless its caller gave up on it)."""
+
+    def done() -> None:
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(done)
+    except RuntimeError:  # the caller's loop is closed
+        pass
+
+
 # -- long-lived engines -------------------------------------------------------------------------
 # One engine per model per process, started once and reused by every generation step (synthesis's
 # topics / questions / responses, refinement's rounds, evaluation of the same model): on the CPU
@@ -194,7 +384,7 @@ async def direct_async_generate(
 
 
 class EngineActor:
-    """A Ray actor around vLLM's AsyncLLM: concurrent ``generate`` calls (one per Ray Data batch)
+    """A Ray actor around one vLLM engine (:func:`batch_llm`): concurrent ``generate`` calls (one per Ray Data batch)
     share the engine's continuous batching, so several batches in flight keep it full.
 
     Every call names the model it wants (``model_path``): a running engine switches to another
@@ -226,7 +416,7 @@ class EngineActor:
             t0 = time.perf_counter()
             if self.llm is None:
                 self.path = path
-                self.llm = direct_async_llm(path, self.model, self.engine)
+                self.llm = batch_llm(path, self.model, self.engine)
                 # one token through the engine, so the first real batch does not pay for lazy set-up
                 await direct_async_generate(self.llm, [1, 2, 3], {"max_tokens": 1, "temperature": 0.0}, "warmup")
                 return "start", time.perf_counter() - t0

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from ptalign_ray import engine
 from ptalign_ray.config import EngineConfig, ModelConfig
 
@@ -32,7 +34,7 @@ def test_a_restarted_actor_starts_one_engine_for_its_concurrent_calls(monkeypatc
         started.append(args[0])
         return f"engine{len(started)}"
 
-    monkeypatch.setattr(engine, "direct_async_llm", fake_llm)
+    monkeypatch.setattr(engine, "batch_llm", fake_llm)
     monkeypatch.setattr(engine, "direct_async_generate", fake_generate)
     actor = engine.EngineActor("model-path", ModelConfig(), EngineConfig())  # as Ray restarts it: no start()
 
@@ -62,7 +64,7 @@ def test_a_running_engine_takes_another_models_weights_in_place(monkeypatch):
     async def fake_generate(llm, ids, params, request_id, lora=None):
         return "ok", 1
 
-    monkeypatch.setattr(engine, "direct_async_llm", lambda *a: FakeLLM())
+    monkeypatch.setattr(engine, "batch_llm", lambda *a: FakeLLM())
     monkeypatch.setattr(engine, "direct_async_generate", fake_generate)
     actor = engine.EngineActor("base", ModelConfig(), EngineConfig())
     assert asyncio.run(actor.use())[0] == "start" and calls == []
@@ -159,3 +161,116 @@ def test_engines_for_reuses_swaps_weights_or_starts(monkeypatch):
     assert generation.engine_load_seconds(1) == 3.25
     generation.release_engines()
     assert stopped == ["actor:base", "actor:other", "actor:merged"]
+
+
+class _StandInEngine:
+    """Just enough of vLLM's LLMEngine for SteppedLLM: a request finishes after its ``steps`` steps."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.live: dict[str, int] = {}
+        self.aborted: list[str] = []
+        self.calls: list[str] = []
+        self.broken = False
+        self.engine_core = SimpleNamespace(shutdown=lambda: self.calls.append("shutdown"))
+
+    def add_request(self, rid, prompt, params, lora_request=None):
+        if params["steps"] < 1:
+            raise ValueError("max_tokens must be at least 1")  # vLLM validates a request when it is added
+        self.live[rid] = params["steps"]
+
+    def abort_request(self, ids):
+        for rid in ids:
+            self.live.pop(rid)
+            self.aborted.append(rid)
+
+    def has_unfinished_requests(self):
+        return bool(self.live)
+
+    def step(self):
+        import time
+        from types import SimpleNamespace
+
+        if self.broken:
+            raise RuntimeError("engine core died")
+        time.sleep(0.001)
+        done = []
+        for rid in list(self.live):
+            self.live[rid] -= 1
+            if self.live[rid] == 0:
+                del self.live[rid]
+                done.append(SimpleNamespace(request_id=rid, finished=True, prompt=f"answer to {rid}"))
+        return done
+
+    def collective_rpc(self, method, kwargs=None):
+        self.calls.append(method)
+        return [method]
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+        return True
+
+
+async def _final(llm, rid, steps):
+    async for out in llm.generate(None, {"steps": steps}, rid):
+        return out.prompt
+
+
+def test_stepped_engine_answers_concurrent_callers_and_a_rejected_request_fails_alone():
+    fake = _StandInEngine()
+    llm = engine.SteppedLLM(lambda: fake)
+
+    async def main():
+        jobs = [_final(llm, f"r{i}", steps) for i, steps in enumerate([3, 1, 0, 5])]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    outs = asyncio.run(main())
+    assert outs[0] == "answer to r0" and outs[1] == "answer to r1" and outs[3] == "answer to r3"
+    assert isinstance(outs[2], ValueError)  # only the request vLLM rejected
+    assert asyncio.run(llm.collective_rpc("reload_weights", {"weights_path": "m"})) == ["reload_weights"]
+    assert asyncio.run(llm.reset_prefix_cache()) is True
+    llm.shutdown()
+    assert fake.calls == ["reload_weights", "reset_prefix_cache", "shutdown"]
+
+
+def test_stepped_engine_aborts_a_cancelled_request_and_fails_every_caller_when_it_dies():
+    fake = _StandInEngine()
+    llm = engine.SteppedLLM(lambda: fake)
+
+    async def cancel_one():
+        task = asyncio.ensure_future(_final(llm, "long", 10**9))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return await _final(llm, "short", 2)  # the engine goes on
+
+    assert asyncio.run(cancel_one()) == "answer to short"
+    assert fake.aborted == ["long"] and not fake.live
+
+    async def dies():
+        waiting = asyncio.ensure_future(_final(llm, "pending", 10**9))
+        await asyncio.sleep(0.05)
+        fake.broken = True
+        return await asyncio.gather(waiting, return_exceptions=True)
+
+    [err] = asyncio.run(dies())
+    assert isinstance(err, RuntimeError) and "engine core died" in str(err)
+    with pytest.raises(RuntimeError, match="the vLLM engine stopped"):
+        asyncio.run(_final(llm, "later", 1))
+
+
+def test_stepped_engine_that_cannot_be_built_says_so():
+    def build():
+        raise OSError("no model files")
+
+    with pytest.raises(RuntimeError, match="did not start: OSError"):
+        engine.SteppedLLM(build)
+
+
+def test_in_process_engines_by_default_on_one_cpu_worker_only():
+    assert engine.runs_in_process(EngineConfig())
+    assert not engine.runs_in_process(EngineConfig(device="gpu"))
+    assert not engine.runs_in_process(EngineConfig(tensor_parallel_size=2))
+    assert engine.runs_in_process(EngineConfig(device="gpu", in_process=True))
+    assert not engine.runs_in_process(EngineConfig(in_process=False))
