@@ -43,9 +43,9 @@ class EvaluationJudge:
     name = "refinement"
 
     def __init__(self, seeds="default", batch_size: int = 256):
-        from ptalign_ray.judging.offline import OfflineJudge
+        from ptalign_ray.judging.offline import shared_judge
 
-        self.judge = OfflineJudge(seeds)
+        self.judge = shared_judge(seeds)
         self.batch_size = batch_size
 
     def describe(self) -> dict:

@@ -34,6 +34,7 @@ is measured against the prompt's first ``max_prompt_tokens`` tokens.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -46,7 +47,7 @@ from ptalign_ray.judging.probe import LinearProbe
 from ptalign_ray.judging.refusal import detect_refusal
 from ptalign_ray.judging.training_data import Example, request_examples, stance_examples
 from ptalign_ray.judging.verdict import Verdict
-from ptalign_ray.seeds import Seeds, load_seeds
+from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
 
 # Ridge strengths: the best mean leave-one-out log-likelihood of each probe on its own training
 # texts (probe.loo_log_likelihood over 0.001-1; same optimum in bf16 and fp32). No eval data used.
@@ -229,6 +230,35 @@ class OfflineJudge:
             "domains": self.domain_names,
             "fit_seconds": round(self.fit_seconds, 2),
         }
+
+
+_SHARED: dict[str, OfflineJudge] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_judge(seeds: Union[Seeds, str, Path] = "default") -> OfflineJudge:
+    """One judge per seed set per process, built on first use (the encoder load and the probe fits
+    take about 3 s): in `ptalign run` synthesis's question judge and evaluation's reference judge
+    are the same judge. Judging does not change it, so callers may share it."""
+    seeds = seeds if isinstance(seeds, Seeds) else load_seeds(seeds)
+    key = seeds_hash(seeds)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = OfflineJudge(seeds)
+        return _SHARED[key]
+
+
+def build_shared_judge_in_background(seeds: Union[Seeds, str, Path] = "default") -> None:
+    """Starts building :func:`shared_judge` in a thread (while an engine starts, a core is idle); its
+    first caller waits for it. A failure here is raised again by that caller's own build."""
+
+    def build() -> None:
+        try:
+            shared_judge(seeds)
+        except Exception:
+            pass
+
+    threading.Thread(target=build, name="offline-judge-build", daemon=True).start()
 
 
 def make_judge(cfg, policy_model_path=None, engine=None) -> OfflineJudge:

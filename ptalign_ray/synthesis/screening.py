@@ -74,9 +74,9 @@ class QuestionJudge:
     """Scores questions with the offline judge's request probe (MiniLM, in-process, CPU)."""
 
     def __init__(self, seeds, min_harm_prob: float, max_benign_prob: float, judge=None):
-        from ptalign_ray.judging.offline import OfflineJudge
+        from ptalign_ray.judging.offline import shared_judge
 
-        self.judge = judge or OfflineJudge(seeds)
+        self.judge = judge or shared_judge(seeds)
         self.min_harm_prob = min_harm_prob
         self.max_benign_prob = max_benign_prob
 

@@ -318,6 +318,10 @@ def _run(ctx: Context) -> dict:
         f"[synthesis] {len(seeds.domains)} domains, {seeds.annotation_count} seed annotations, model {cfg.model.name_or_path}"
     )
 
+    if cfg.synthesis.screen_questions:  # the question judge is built while the engine starts
+        from ptalign_ray.judging.offline import build_shared_judge_in_background
+
+        build_shared_judge_in_background(seeds)
     with timer.step("topics") as rec:
         topics, stats = checkpointed(work, "topics", ghash, lambda: _step_topics(ray_data, cfg, seeds, model_path))
         rec.update(stats)

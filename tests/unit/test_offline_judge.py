@@ -193,3 +193,24 @@ def test_judging_package_does_not_read_pyrit() -> None:
     source = "\n".join(p.read_text() for p in Path(__file__).resolve().parents[2].glob("ptalign_ray/judging/*.py"))
     for needle in ('find_spec("pyrit")', "import pyrit", "scorer_evals", ".csv"):
         assert needle not in source
+
+
+def test_one_shared_judge_per_seed_set_built_once_even_from_the_background(monkeypatch):
+    import time
+
+    from ptalign_ray.judging import offline
+
+    built = []
+
+    class SlowJudge:
+        def __init__(self, seeds):
+            time.sleep(0.2)  # the caller below arrives while the background build is running
+            built.append(seeds)
+
+    monkeypatch.setattr(offline, "OfflineJudge", SlowJudge)
+    monkeypatch.setattr(offline, "_SHARED", {})
+    offline.build_shared_judge_in_background("default")
+    time.sleep(0.05)
+    first = offline.shared_judge("default")
+    assert offline.shared_judge(load_seeds("default")) is first  # the same seed set, named or loaded
+    assert len(built) == 1
