@@ -147,11 +147,16 @@ class OfflineJudge:
         An item may add ``"harmful_request": True/False`` when the caller already knows (red-team
         questions in refinement, a harmful evaluation set); otherwise the request probe decides.
         """
+        return self.judge_with_relevance(items)[0]
+
+    def judge_with_relevance(self, items: Sequence[Mapping[str, object]]) -> tuple[list[Verdict], np.ndarray]:
+        """:meth:`judge`, plus each item's prompt/response cosine that the verdict used (evaluation's
+        helpfulness proxy), so a caller that wants both embeds every text once."""
         for n, item in enumerate(items):
             if not isinstance(item, Mapping):
                 raise TypeError(f"item {n} must be a mapping with 'prompt' and 'response', got {type(item).__name__}")
         if not items:
-            return []
+            return [], np.zeros(0, dtype=np.float32)
         prompts = [str(item.get("prompt") or "") for item in items]
         responses = [str(item.get("response") or "") for item in items]
         known = [item.get("harmful_request") for item in items]
@@ -203,7 +208,7 @@ class OfflineJudge:
                     on_topic=on_topic,
                 )
             )
-        return verdicts
+        return verdicts, relevance
 
     def describe(self) -> dict:
         """Settings and training provenance, for run manifests and benchmark reports."""
