@@ -128,6 +128,11 @@ class EngineConfig(_Section):
 
     _check_concurrency = field_validator("concurrency")(_check_pool)
 
+    @property
+    def workers(self) -> int:
+        """vLLM workers per engine: tensor x pipeline parallel (a GPU, or a CPU bundle, each)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
 
 class SynthesisConfig(_Section):
     """Self-synthesis: topics -> red-team questions -> positive / toxic responses."""

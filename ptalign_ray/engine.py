@@ -50,8 +50,7 @@ def engine_kwargs(model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
 
 def _placement(engine: EngineConfig) -> Optional[dict]:
     if engine.device == "cpu":
-        workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
-        return {"bundles": [{"CPU": engine.cpus_per_engine}] * workers}
+        return {"bundles": [{"CPU": engine.cpus_per_engine}] * engine.workers}
     return None  # Ray LLM's GPU default: one GPU bundle per TP/PP worker
 
 
@@ -191,7 +190,7 @@ def runs_in_process(engine: EngineConfig) -> bool:
     """Whether batch engine actors run vLLM's engine core in their own process (engine.in_process)."""
     if engine.in_process is not None:
         return engine.in_process
-    return engine.device == "cpu" and engine.tensor_parallel_size * engine.pipeline_parallel_size == 1
+    return engine.device == "cpu" and engine.workers == 1
 
 
 def batch_llm(model_path: str, model: ModelConfig, engine: EngineConfig):
@@ -204,14 +203,13 @@ def batch_llm(model_path: str, model: ModelConfig, engine: EngineConfig):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm.engine.arg_utils import EngineArgs
 
+    from ptalign_ray.ray_runtime import usable_cores
+
     kwargs = engine_kwargs(model, engine)
-    workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
-    kwargs["distributed_executor_backend"] = "uni" if workers == 1 else "mp"
+    kwargs["distributed_executor_backend"] = "uni" if engine.workers == 1 else "mp"
     threads = None
     if engine.device == "cpu":  # as vLLM sizes a worker process: the cores it may run on, less those reserved
-        reserved = int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores - reserved)
+        threads = max(1, usable_cores() - int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")))
     args = EngineArgs(model=model_path, **kwargs)
     return SteppedLLM(lambda: _in_process_engine(args, threads))
 
@@ -503,14 +501,13 @@ def weights_swappable(running: str, other: str) -> bool:
 def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
     """Resources of one engine actor: its CPU bundle on the CPU default, all its GPUs otherwise
     (tensor/pipeline parallel within one node through vLLM's own multiprocessing executor)."""
-    workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
     env = {"env_vars": engine_env(engine)}
     # a lost node or process: Ray restarts the actor where there is room and retries its calls
     common = {"runtime_env": env, "max_concurrency": 1000, "max_restarts": engine.max_restarts,
               "max_task_retries": engine.max_restarts}  # fmt: skip
     if engine.device == "cpu":
-        return {"num_cpus": engine.cpus_per_engine * workers, **common}
-    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": workers, **common}
+        return {"num_cpus": engine.cpus_per_engine * engine.workers, **common}
+    opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": engine.workers, **common}
     if engine.accelerator_type:
         opts["accelerator_type"] = engine.accelerator_type
     return opts

@@ -17,6 +17,12 @@ LOCAL_ENV = {
 }
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity). Ray narrows OMP_NUM_THREADS to an actor's
+    num_cpus, not the affinity, so work that sizes its own thread pool starts from this."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def verbose() -> bool:
     """``ptalign --verbose`` (or PTALIGN_VERBOSE=1): Ray's and vLLM's own output reaches the console."""
     return os.environ.get("PTALIGN_VERBOSE", "0") not in ("", "0", "false")

@@ -538,8 +538,9 @@ class Worker(Stepper):
         ctx = ray.train.get_context()
         device = ray.train.torch.get_device()
         if device.type == "cpu":
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            torch.set_num_threads(max(1, cores // max(1, ctx.get_local_world_size())))
+            from ptalign_ray.ray_runtime import usable_cores
+
+            torch.set_num_threads(max(1, usable_cores() // max(1, ctx.get_local_world_size())))
         base_dtype = torch.bfloat16 if (device.type == "cuda" and tcfg.bf16 and tcfg.lora.enabled) else torch.float32
         model = build_model(config["model_path"], tcfg, base_dtype, tcfg.seed, config.get("trust_remote_code", False))
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
