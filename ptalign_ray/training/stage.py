@@ -218,6 +218,8 @@ def _run(ctx: Context, variant: str) -> dict:
     log(f"[{stage}] objective={objective.name} {_params(objective.params)} mask={tcfg.mask_mode} workers={workers} "
         f"strategy={tcfg.strategy} "
         f"lora={'r=%d' % tcfg.lora.r if tcfg.lora.enabled else 'off (full fine-tuning)'}; checkpoints in {work}")  # fmt: skip
+    prepare_seconds = time.perf_counter() - t0
+    loop_config["fit_started"] = time.time()  # the worker measures Ray Train's start from it
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -280,14 +282,40 @@ def _run(ctx: Context, variant: str) -> dict:
         "outputs": outputs,
         "ray_train": {"storage_path": str(work / "ray_train"), "name": name, "workers": workers},
         "wall_seconds": round(train_seconds, 2),
-        # Ray Train's fit (worker start, data, steps, checkpoints) vs the steps themselves
-        "time_budget": {
-            "fit_s": round(train_seconds, 2),
-            "steps_s": round(_steps_seconds(history), 2),
-            "merge_s": round(merge_seconds, 2),
-        },  # fmt: skip
+        "time_budget": _time_budget(train_seconds, prepare_seconds, state, merge_seconds),
         "config": cfg.model_dump(mode="json", include={"model", "training", "seed"}),
     }
+
+
+def _time_budget(fit_s: float, prepare_s: float, state: dict, merge_s: float) -> dict:
+    """Where the training's wall time went (seconds).
+
+    ``fit_s`` is the whole training before the merge: ``prepare`` (tokenising, the Ray datasets) in
+    this process, then on the worker (rank 0) ``worker_start`` (Ray Train's controller and the worker
+    process starting, imports), ``setup`` (model, rows, a restore), ``holdout`` (held-out passes),
+    ``steps`` (optimizer steps) and ``checkpoint`` (all but the last); ``other`` is the rest: the final
+    checkpoint, Ray Train's end, and a restarted attempt's lost work.
+    """
+    worker = state.get("seconds", {})
+    parts = {"prepare_s": prepare_s, **{f"{k}_s": v for k, v in worker.items()},
+             "steps_s": _steps_seconds(state["history"])}  # fmt: skip
+    return {
+        "fit_s": round(fit_s, 2),
+        **{k: round(v, 2) for k, v in parts.items()},
+        "other_s": round(fit_s - sum(parts.values()), 2),
+        "merge_s": round(merge_s, 2),
+    }
+
+
+_BUDGET_ORDER = ("prepare_s", "worker_start_s", "setup_s", "holdout_s", "steps_s", "checkpoint_s", "other_s")
+
+
+def _budget_text(manifest: dict) -> str:
+    """ "89s (prepare 7s, worker start 5s, ...) + merge 3s" (manifests before the breakdown: fit, steps)."""
+    budget = manifest.get("time_budget") or {}
+    parts = ", ".join(f"{k[:-2].replace('_', ' ')} {budget[k]:.0f}s" for k in _BUDGET_ORDER if k in budget)
+    merge = f" + merge {budget['merge_s']:.0f}s" if budget.get("merge_s") else ""
+    return f"{manifest['wall_seconds']:.0f}s" + (f" ({parts})" if parts else "") + merge
 
 
 def _steps_seconds(history: list[dict]) -> float:
@@ -336,8 +364,10 @@ def print_training_summary(manifest: dict, log: Callable[[str], None] = print) -
         ]
         log(f"  held-out         : {', '.join(held)}")
     outs = manifest["outputs"]
-    log(f"  outputs          : adapter={outs['adapter'] or '-'} merged={outs['merged'] or '-'} metrics={outs['metrics']}"
-        f" ({manifest['wall_seconds']:.0f}s wall)")  # fmt: skip
+    log(
+        f"  outputs          : adapter={outs['adapter'] or '-'} merged={outs['merged'] or '-'} metrics={outs['metrics']}"
+    )
+    log(f"  wall time        : {_budget_text(manifest)}")
 
 
 def _variant_stage(variant: str) -> Stage:

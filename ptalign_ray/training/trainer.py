@@ -86,6 +86,11 @@ class Progress:
     samples_seen: int = 0
     resumed_from_step: int = 0
     history: list[dict] = field(default_factory=list)
+    # rank 0's seconds per phase outside the optimizer steps, summed over attempts (the stage's time budget)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def spent(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + seconds, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,6 +852,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Entry point handed to TorchTrainer; ``config`` is built by :mod:`ptalign_ray.training.stage`."""
     import ray.train
 
+    entered = time.time()
     w = Worker(config)
     tcfg, p = w.tcfg, w.progress
     checkpoint = ray.train.get_checkpoint()
@@ -857,6 +863,9 @@ def train_loop_per_worker(config: dict) -> None:
         p = w.progress
     else:
         torch.manual_seed(tcfg.seed + 7919 * w.rank)
+        if "fit_started" in config:  # Ray Train's controller and this worker process starting, imports
+            p.spent("worker_start", entered - config["fit_started"])
+    p.spent("setup", time.time() - entered)  # model, data, restore
     n = len(w.train_rows)
     total_steps_hint = p.step + math.ceil(max(w.total_samples - p.samples_seen, 0) / w.rows_per_step)
 
@@ -877,8 +886,14 @@ def train_loop_per_worker(config: dict) -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def evaluate() -> dict:
+        t = time.perf_counter()
+        held = w.evaluate()
+        p.spent("holdout", time.perf_counter() - t)
+        return held
+
     if not resumed and w.holdout_rows:
-        report({"step": 0, "epoch": 0, **w.evaluate()}, save=False)
+        report({"step": 0, "epoch": 0, **evaluate()}, save=False)
     if p.epoch >= tcfg.epochs:  # resumed from a final checkpoint Ray Train never registered: hand it in
         report(p.history[-1] if p.history else {"step": p.step, "epoch": p.epoch}, save=True, final=True, again=True)
 
@@ -905,9 +920,12 @@ def train_loop_per_worker(config: dict) -> None:
         held: dict = {}
         if epoch_end:
             p.epoch, p.position = p.epoch + 1, 0
-            held = w.evaluate()
+            held = evaluate()
         if is_report or is_ckpt or epoch_end:
             metrics = window.metrics(w.all_reduce(window.local()))
             head = {"step": step, "epoch": p.epoch, "samples_seen": p.samples_seen, "lr": lr}
+            t = time.perf_counter()
             report({**head, **metrics, "total_steps": total_steps_hint, **held}, save=(is_ckpt or last), final=last)
+            if is_ckpt and not last:  # the final checkpoint's time is in the stage's "other" (it holds these)
+                p.spent("checkpoint", time.perf_counter() - t)
             window = Window(w.objective)

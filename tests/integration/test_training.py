@@ -105,6 +105,11 @@ def test_outputs_and_manifest(trained):
     assert manifest["samples_seen"] == 3 * 19 and manifest["alpha"] == 1.0 and manifest["mask_mode"] == "diff"
     assert manifest["source"]["stage"] == "synthesis"
     assert not run.work_dir("training").exists()  # checkpoints are removed once the stage is finished
+    budget = manifest["time_budget"]  # where the fit's wall time went, measured on the worker too
+    parts = ("prepare_s", "worker_start_s", "setup_s", "holdout_s", "steps_s", "checkpoint_s", "other_s")
+    assert all(budget[k] >= 0 for k in parts if k != "other_s") and budget["worker_start_s"] > 0
+    assert budget["holdout_s"] > 0 and budget["checkpoint_s"] > 0  # 5 held-out pairs; a mid-run checkpoint
+    assert abs(sum(budget[k] for k in parts) - budget["fit_s"]) < 0.05 and budget["merge_s"] > 0
 
     # The merged weights compute what base + adapter computes.
     import torch

@@ -24,3 +24,24 @@ def test_engine_start_is_charged_to_the_step_that_started_it(monkeypatch):
     assert budget["steps_s"]["questions"] == timer.steps["questions"]["seconds"]
     parts = budget["engine_start_s"] + sum(budget["steps_s"].values()) + budget["other_s"]
     assert abs(parts - budget["wall_s"]) < 0.02
+
+
+def test_training_budget_parts_add_up_to_the_fit():
+    """The training stage's budget: driver-side preparation, the worker's phases (rank 0), the optimizer
+    steps from the logged windows, and the rest as "other"; the merge is reported apart from the fit."""
+    from ptalign_ray.training.stage import _budget_text, _time_budget
+
+    state = {
+        "seconds": {"worker_start": 5.0, "setup": 3.0, "holdout": 2.5, "checkpoint": 0.5},
+        "history": [{"step": 0}, {"step": 5, "step_time_s": 2.0}, {"step": 8, "step_time_s": 1.0}],
+    }
+    budget = _time_budget(30.0, 1.0, state, merge_s=2.25)
+    assert budget["steps_s"] == 13.0  # 5 x 2.0 + 3 x 1.0
+    assert budget["other_s"] == 30.0 - (1.0 + 5.0 + 3.0 + 2.5 + 0.5 + 13.0)
+    assert budget["merge_s"] == 2.25 and budget["fit_s"] == 30.0
+    text = _budget_text({"wall_seconds": 30.0, "time_budget": budget})
+    assert text.startswith("30s (prepare 1s, worker start 5s, setup 3s, holdout 2s") and text.endswith("+ merge 2s")
+    # a manifest written before the worker's phases were measured still prints
+    assert _budget_text({"wall_seconds": 80.4, "time_budget": {"fit_s": 80.4, "steps_s": 61.8, "merge_s": 2.3}}) == (
+        "80s (steps 62s) + merge 2s"
+    )
