@@ -395,6 +395,9 @@ def recovery_rows(pairs: pd.DataFrame, fraction: float, max_words: int, seed: in
     return pd.DataFrame(rows, columns=["id", "question", "positive", "toxic", "prefix", "kind"])
 
 
+ENCODE_BATCH_ROWS = 256
+
+
 def prepare_training_data(
     run: RunDir,
     model_path: str,
@@ -402,8 +405,13 @@ def prepare_training_data(
     trust_remote_code: bool = False,
     log: Callable = print,
     toxic_openings: tuple[str, ...] = (),
+    encode_batch_rows: int = ENCODE_BATCH_ROWS,
 ) -> TrainingData:
-    """Loads the source dataset, tokenises and checks it on Ray Data, splits off the held-out ids."""
+    """Loads the source dataset, tokenises and checks it, splits off the held-out ids.
+
+    Tokenising fans out over Ray Data in batches of ``encode_batch_rows``; rows that fit one batch are
+    encoded here, by the same function.
+    """
     import ray.data
 
     stage, df = load_source(run, tcfg)
@@ -437,7 +445,11 @@ def prepare_training_data(
         tokenizer = load_tokenizer(model_path, trust_remote_code)
         return encode_frame(batch, tokenizer, tcfg, toxic_openings, exempt)
 
-    enc = ray.data.from_pandas(frame).map_batches(encode, batch_format="pandas", batch_size=256).to_pandas()
+    if len(frame) <= encode_batch_rows:  # one batch: a Ray Data task would only add a worker's start (3-7 s)
+        enc = encode(frame.reset_index(drop=True))
+    else:
+        enc = ray.data.from_pandas(frame).map_batches(encode, batch_format="pandas", batch_size=encode_batch_rows)
+        enc = enc.to_pandas()
     stats = check_encoded(enc, len(frame))
     stats["mix"] = mix_stats
     stats["ut_exempt_ids"] = len(exempt)

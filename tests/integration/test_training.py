@@ -124,6 +124,19 @@ def test_outputs_and_manifest(trained):
         assert torch.allclose(peft(ids).logits, merged(ids).logits, atol=1e-4)
 
 
+def test_tokenising_on_ray_data_and_in_process_give_the_same_rows(trained, tiny_model):
+    """Rows that fit one batch are encoded in the driver; more fan out over Ray Data. Same rows either way."""
+    from ptalign_ray.training.data import prepare_training_data
+
+    cfg, run, _ = trained
+    here = prepare_training_data(run, str(tiny_model), cfg.training, log=lambda _: None)
+    fanned = prepare_training_data(run, str(tiny_model), cfg.training, log=lambda _: None, encode_batch_rows=5)
+    assert here.stats == fanned.stats and here.stats["kept"] == 24
+    for name in ("train", "holdout"):
+        a, b = (getattr(d, name).to_pandas().sort_values("id").reset_index(drop=True) for d in (here, fanned))
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)  # Ray Data hands strings back as Arrow strings
+
+
 def test_rerun_is_a_noop_and_a_new_config_needs_force(trained, tiny_model):
     cfg, run, manifest = trained
     path = run.stage_dir("training") / "manifest.json"
