@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptalign_ray.config import EngineConfig, JudgeConfig, format_validation_error
 from ptalign_ray.http_body import HttpError, parse_json_body
+from ptalign_ray.seeds import Seeds, load_seeds
 
 APP_NAME = "judge"
 ROUTE_PREFIX = "/"
@@ -104,15 +105,21 @@ def parse_judge_request(body: bytes, cfg: JudgeConfig) -> list[dict]:
     return [item.model_dump(exclude_none=True) for item in req.items]
 
 
-def make_backend(cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None):
+def make_backend(
+    cfg: JudgeConfig,
+    policy_model_path: Optional[str] = None,
+    engine: Optional[EngineConfig] = None,
+    seeds: Optional[Seeds] = None,
+):
     """The backend named by judge.backend: module ptalign_ray.judging.<backend> and its make_judge()
-    (imported lazily: each pulls in heavy libraries). A new backend is one new module."""
+    (imported lazily: each pulls in heavy libraries). A new backend is one new module. ``seeds``: the
+    run's seed annotations (None: the packaged ones), for a backend fitted on them (offline)."""
     import importlib
 
     module = importlib.import_module(f"ptalign_ray.judging.{cfg.backend}")
     if not hasattr(module, "make_judge"):
         raise ValueError(f"judge.backend {cfg.backend!r}: ptalign_ray/judging/{cfg.backend}.py defines no make_judge()")
-    return module.make_judge(cfg, policy_model_path, engine)
+    return module.make_judge(cfg, policy_model_path, engine, seeds)
 
 
 class JudgeCore:
@@ -120,10 +127,16 @@ class JudgeCore:
     handle from `ptalign serve`, whose own ingress validates requests) or behind the FastAPI routes of
     the standalone judge app (:func:`build_judge_deployment`)."""
 
-    def __init__(self, cfg_json: dict, model_path: Optional[str], engine_json: Optional[dict] = None):
+    def __init__(
+        self,
+        cfg_json: dict,
+        model_path: Optional[str],
+        engine_json: Optional[dict] = None,
+        seeds: Optional[Seeds] = None,
+    ):
         self.cfg = JudgeConfig.model_validate(cfg_json)
         engine = EngineConfig.model_validate(engine_json) if engine_json else None
-        self.backend = make_backend(self.cfg, model_path, engine)
+        self.backend = make_backend(self.cfg, model_path, engine, seeds)
 
     def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "backend": self.cfg.backend}
@@ -174,10 +187,12 @@ def build_judge_deployment(
     policy_model_path: Optional[str] = None,
     engine: Optional[EngineConfig] = None,
     drain_poll_s: Optional[float] = None,
+    seeds: Optional[Seeds] = None,
 ):
     """The standalone judge app: JudgeCore behind :func:`judge_api`. The API key is read here (where
     the app is built) and only its digest travels to the replicas. ``drain_poll_s``: Serve's
-    graceful_shutdown_wait_loop_s (default 2 s, waited at least once when a replica stops)."""
+    graceful_shutdown_wait_loop_s (default 2 s, waited at least once when a replica stops); ``seeds``:
+    see :func:`make_backend` (they travel to the replicas as data, not as a path)."""
     from ray import serve
 
     from ptalign_ray.serving.protection import key_digest, load_api_key
@@ -190,18 +205,21 @@ def build_judge_deployment(
     @serve.deployment(**options)
     @serve.ingress()
     class SafetyJudge(JudgeCore):
-        def __init__(self, cfg_json: dict, model_path: Optional[str], engine_json: Optional[dict], digest):
-            super().__init__(cfg_json, model_path, engine_json)
+        def __init__(self, cfg_json: dict, model_path: Optional[str], engine_json: Optional[dict], digest, seeds=None):
+            super().__init__(cfg_json, model_path, engine_json, seeds)
             self._digest = digest
 
         def __serve_build_asgi_app__(self):  # called by Serve on the replica, after __init__
             return judge_api(self, self.cfg, self._digest)
 
-    return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine), digest)
+    return SafetyJudge.bind(cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine), digest, seeds)
 
 
 def build_judge_worker(
-    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+    cfg: JudgeConfig,
+    policy_model_path: Optional[str] = None,
+    engine: Optional[EngineConfig] = None,
+    seeds: Optional[Seeds] = None,
 ):
     """JudgeCore as a plain deployment called through a handle, for applications with their own HTTP
     ingress (`ptalign serve`: Serve allows one FastAPI ingress per application). Callers validate
@@ -209,7 +227,7 @@ def build_judge_worker(
     from ray import serve
 
     return serve.deployment(JudgeCore, **deployment_options(cfg)).bind(
-        cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine)
+        cfg.model_dump(mode="json"), policy_model_path, _engine_json(engine), seeds
     )
 
 
@@ -218,7 +236,10 @@ def _engine_json(engine: Optional[EngineConfig]) -> Optional[dict]:
 
 
 def start_judge(
-    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+    cfg: JudgeConfig,
+    policy_model_path: Optional[str] = None,
+    engine: Optional[EngineConfig] = None,
+    seeds: Optional[Seeds] = None,
 ) -> str:
     """Starts the judge app on Serve (in the connected Ray) at cfg.host:cfg.port for a caller that removes
     it when done (judge_on_serve); returns its URL."""
@@ -230,14 +251,17 @@ def start_judge(
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     # Removed by its caller once its last request has returned: no 2 s drain wait when it stops (1.5-2.1 s
     # instead of 3.4-3.6 s to remove it, measured).
-    app = build_judge_deployment(cfg, policy_model_path, engine, drain_poll_s=0.2)
+    app = build_judge_deployment(cfg, policy_model_path, engine, drain_poll_s=0.2, seeds=seeds)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX)
     return judge_url(cfg)
 
 
 @contextmanager
 def judge_on_serve(
-    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None
+    cfg: JudgeConfig,
+    policy_model_path: Optional[str] = None,
+    engine: Optional[EngineConfig] = None,
+    seeds: Optional[Seeds] = None,
 ) -> Iterator[str]:
     """The judge app on Serve for the block (yields its URL); afterwards removes only what it started.
 
@@ -249,7 +273,7 @@ def judge_on_serve(
 
     serve_was_running = serve_is_running()
     try:
-        yield start_judge(cfg, policy_model_path, engine)
+        yield start_judge(cfg, policy_model_path, engine, seeds)
     finally:
         remove_serve_app(APP_NAME, serve_was_running)
 
@@ -259,11 +283,15 @@ def judge_url(cfg: JudgeConfig) -> str:
 
 
 def app_builder(args: dict[str, Any]):
-    """Entry for `serve run` / `serve deploy` YAMLs: args are JudgeConfig fields (+ optional policy_model)."""
+    """Entry for `serve run` / `serve deploy` YAMLs: args are JudgeConfig fields (+ optional policy_model,
+    and seeds: a seed YAML's path, as the pipeline config's `seeds`)."""
     args = dict(args or {})
     policy_model = args.pop("policy_model", None)
+    seeds = args.pop("seeds", None)
     if policy_model:
         from ptalign_ray.models import resolve_model
 
         policy_model = resolve_model(policy_model)
-    return build_judge_deployment(JudgeConfig.model_validate(args), policy_model)
+    return build_judge_deployment(
+        JudgeConfig.model_validate(args), policy_model, seeds=load_seeds(seeds) if seeds else None
+    )

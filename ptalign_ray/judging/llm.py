@@ -168,6 +168,9 @@ class LLMJudge:
         return verdicts
 
 
-def make_judge(cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None):
-    """Judge backend entry point (judge.backend: llm): judge.engine, else the pipeline's engine section."""
+def make_judge(
+    cfg: JudgeConfig, policy_model_path: Optional[str] = None, engine: Optional[EngineConfig] = None, seeds=None
+):
+    """Judge backend entry point (judge.backend: llm): judge.engine, else the pipeline's engine section.
+    ``seeds`` is not used: the rubric in the prompt is fixed."""
     return LLMJudge(cfg, policy_model_path, cfg.engine or engine)

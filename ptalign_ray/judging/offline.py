@@ -266,6 +266,7 @@ def build_shared_judge_in_background(seeds: Union[Seeds, str, Path] = "default")
     threading.Thread(target=build, name="offline-judge-build", daemon=True).start()
 
 
-def make_judge(cfg, policy_model_path=None, engine=None) -> OfflineJudge:
-    """Judge backend entry point (judge.backend: offline): needs neither the policy model nor an engine."""
-    return OfflineJudge()
+def make_judge(cfg, policy_model_path=None, engine=None, seeds: Optional[Seeds] = None) -> OfflineJudge:
+    """Judge backend entry point (judge.backend: offline): needs neither the policy model nor an engine;
+    fitted on ``seeds`` (the run's, so refinement judges as synthesis's screening did), else the packaged."""
+    return shared_judge(seeds or "default")

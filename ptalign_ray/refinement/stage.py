@@ -261,7 +261,7 @@ def _run(ctx: Context) -> dict:
             log(
                 f"[refinement] starting the {cfg.judge.backend} judge on Ray Serve at {cfg.judge.host}:{cfg.judge.port}"
             )
-            judge_url = judge.enter_context(judge_on_serve(cfg.judge, model_path, cfg.engine))
+            judge_url = judge.enter_context(judge_on_serve(cfg.judge, model_path, cfg.engine, seeds))
         if not JudgeClient(judge_url, retries=cfg.judge.retries).healthy():
             raise JudgeUnavailable(f"the judge at {judge_url} is not answering /healthz")
         with timer.step("own_answers") as rec:

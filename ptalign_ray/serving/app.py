@@ -36,6 +36,7 @@ from starlette.responses import StreamingResponse
 
 from ptalign_ray.config import JudgeConfig, PipelineConfig, ServingConfig
 from ptalign_ray.http_body import HttpError, error_body
+from ptalign_ray.seeds import load_seeds
 from ptalign_ray.serving.plan import ServingPlan, plan_serving
 from ptalign_ray.serving.protection import (
     CHAT_PATH,
@@ -314,7 +315,7 @@ def build_app(
     options["name"] = "PtalignIngress"
     if cfg.engine.device == "cpu":
         options["ray_actor_options"] = {"num_cpus": 0}  # an asyncio forwarder; logical CPUs are scarce
-    judge = build_judge_worker(cfg.judge, model_path, cfg.engine) if cfg.serving.judge else None
+    judge = build_judge_worker(cfg.judge, model_path, cfg.engine, load_seeds(cfg.seeds)) if cfg.serving.judge else None
     ingress = serve.deployment(ingress_cls, **options).bind(
         llm_deployments={c.model_id: build_llm_deployment(c) for c in llm_configs},
         model_cards={c.model_id: _model_card(c.model_id, "engine", c.model_id) for c in llm_configs},

@@ -22,7 +22,7 @@ class FakeServe:
             proxies={"node": "HEALTHY"} if self.running else {}, applications=dict.fromkeys(self.apps)
         )
 
-    def start_judge(self, cfg, policy_model_path=None, engine=None):
+    def start_judge(self, cfg, policy_model_path=None, engine=None, seeds=None):
         self.running = True
         self.apps.add(app.APP_NAME)
         return app.judge_url(cfg)
@@ -92,3 +92,20 @@ def test_ptalign_serve_on_a_shared_serve_removes_only_its_own_app(fake, monkeypa
     assert serving_app.serve_forever(PipelineConfig(), "unused", log=lines.append) == 0
     assert f.calls == [("delete", "ptalign"), ("ray.shutdown",)] and f.apps == {"chat"}
     assert lines[-1] == "[serve] stopped"
+
+
+def test_the_offline_judge_replica_is_fitted_on_the_runs_seeds(tmp_path):
+    """Refinement's judge app (and `ptalign serve`'s judge) gets the run's seed annotations, so it judges
+    with the probes synthesis's screening used; without seeds, the packaged ones."""
+    import yaml
+
+    from ptalign_ray.seeds import DEFAULT_SEEDS, load_seeds, seeds_hash
+
+    data = yaml.safe_load(DEFAULT_SEEDS.read_text())
+    data["domains"][0]["description"] += " (a run's own wording)"
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(data))
+    custom = load_seeds(path)
+    cfg = JudgeConfig().model_dump(mode="json")
+    assert seeds_hash(app.JudgeCore(cfg, None, None, custom).backend.seeds) == seeds_hash(custom)
+    assert seeds_hash(app.JudgeCore(cfg, None).backend.seeds) == seeds_hash(load_seeds("default"))
