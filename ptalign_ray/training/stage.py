@@ -311,7 +311,8 @@ _BUDGET_ORDER = ("prepare_s", "worker_start_s", "setup_s", "holdout_s", "steps_s
 
 
 def _budget_text(manifest: dict) -> str:
-    """ "89s (prepare 7s, worker start 5s, ...) + merge 3s" (manifests before the breakdown: fit, steps)."""
+    """The summary's wall-time text, e.g. 89s (prepare 7s, worker start 5s, ...) + merge 3s; a manifest
+    written before the breakdown existed has the fit, its steps and the merge only."""
     budget = manifest.get("time_budget") or {}
     parts = ", ".join(f"{k[:-2].replace('_', ' ')} {budget[k]:.0f}s" for k in _BUDGET_ORDER if k in budget)
     merge = f" + merge {budget['merge_s']:.0f}s" if budget.get("merge_s") else ""

@@ -864,7 +864,8 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(tcfg.seed + 7919 * w.rank)
         if "fit_started" in config:  # Ray Train's controller and this worker process starting, imports
-            p.spent("worker_start", entered - config["fit_started"])
+            # wall clocks of two processes (of two nodes on a cluster: clock skew, hence the floor at 0)
+            p.spent("worker_start", max(0.0, entered - config["fit_started"]))
     p.spent("setup", time.time() - entered)  # model, data, restore
     n = len(w.train_rows)
     total_steps_hint = p.step + math.ceil(max(w.total_samples - p.samples_seen, 0) / w.rows_per_step)
