@@ -30,7 +30,7 @@ import uuid
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 import pandas as pd
 
@@ -335,6 +335,11 @@ def checkpointed(work: Path, name: str, config_hash: str, compute: Callable[[], 
     write_parquet_atomic(df, data)
     write_json_atomic(meta, {"config_hash": config_hash, "stats": stats, "rows": len(df), "sha256": file_sha256(data)})
     return df, stats
+
+
+def budget_parts(budget: dict, keys: Iterable[str]) -> str:
+    """A time budget's parts (keys ending in ``_s``) as "engine start 1s, generation 125s", in ``keys`` order."""
+    return ", ".join(f"{k[:-2].replace('_', ' ')} {budget[k]:.0f}s" for k in keys if k in budget)
 
 
 class StepTimer:

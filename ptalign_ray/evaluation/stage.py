@@ -37,7 +37,7 @@ from ptalign_ray.evaluation.judges import build_judge
 from ptalign_ray.evaluation.overlap import overlap_report
 from ptalign_ray.evaluation.prompt_sets import SOURCES, select_prompts
 from ptalign_ray.evaluation.sampled import generation_rows, sampled_uids
-from ptalign_ray.runs import RunDir, checkpointed, write_json_atomic, write_parquet_atomic
+from ptalign_ray.runs import RunDir, budget_parts, checkpointed, write_json_atomic, write_parquet_atomic
 from ptalign_ray.stages import Context, Stage, run_stage
 
 STAGE = "evaluation"
@@ -502,8 +502,7 @@ def print_evaluation_summary(manifest: dict, log: Callable[[str], None] = print)
 def _budget_text(budget: Optional[dict]) -> str:
     if not budget:
         return ""
-    parts = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f}s" for k, v in budget.items() if k != "wall_s")
-    return f" ({parts})"
+    return f" ({budget_parts(budget, [k for k in budget if k != 'wall_s'])})"
 
 
 def _pct(v) -> str:

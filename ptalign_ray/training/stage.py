@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 from ptalign_ray.artifacts import VARIANTS, trained_variants, training_stage
 from ptalign_ray.config import PipelineConfig, TrainingConfig
-from ptalign_ray.runs import RunDir, StageConfigMismatch  # noqa: F401  (re-exported: callers catch it from here)
+from ptalign_ray.runs import RunDir, StageConfigMismatch, budget_parts  # noqa: F401  (re-exported: callers catch it from here)
 from ptalign_ray.stages import Context, Stage, run_stage
 
 # Fields that change how a run is operated, not what it learns: a restart may change them.
@@ -314,7 +314,7 @@ def _budget_text(manifest: dict) -> str:
     """The summary's wall-time text, e.g. 89s (prepare 7s, worker start 5s, ...) + merge 3s; a manifest
     written before the breakdown existed has the fit, its steps and the merge only."""
     budget = manifest.get("time_budget") or {}
-    parts = ", ".join(f"{k[:-2].replace('_', ' ')} {budget[k]:.0f}s" for k in _BUDGET_ORDER if k in budget)
+    parts = budget_parts(budget, _BUDGET_ORDER)
     merge = f" + merge {budget['merge_s']:.0f}s" if budget.get("merge_s") else ""
     return f"{manifest['wall_seconds']:.0f}s" + (f" ({parts})" if parts else "") + merge
 
