@@ -35,6 +35,11 @@ from ptalign_ray.stages import Context, Stage, run_stage
 _OPERATIONAL = ("report_every_steps", "checkpoint_every_steps", "max_failures", "ablation_mle_only", "ablation_dpo",
                 "elastic_resize_interval_s")  # fmt: skip
 FAIL_ENV = "PTALIGN_TRAIN_FAIL_AT"  # test hook "STEP:MARKER_FILE": one worker exits once at STEP
+# Ray Train's controller polls its workers every 2 s by default, and a fit ends only at the poll after
+# the training function returned: 1-2 s of every fit's end. A poll is one small actor call per worker
+# (a poll that runs long is awaited at the next one; a worker is declared dead only after 10 min).
+# Ray Train hands the variable on to its controller; a value set by the user wins.
+CONTROLLER_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 def variant_training(cfg: PipelineConfig, variant: str) -> TrainingConfig:
@@ -160,6 +165,7 @@ def _config_hash(ctx: Context, upstream: dict, variant: str) -> str:
 def _run(ctx: Context, variant: str) -> dict:
     """Trains the variant on Ray Train (resuming from its latest checkpoint) and copies the result out."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault(*CONTROLLER_POLL)
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -45,3 +45,16 @@ def test_training_budget_parts_add_up_to_the_fit():
     assert _budget_text({"wall_seconds": 80.4, "time_budget": {"fit_s": 80.4, "steps_s": 61.8, "merge_s": 2.3}}) == (
         "80s (steps 62s) + merge 2s"
     )
+
+
+def test_the_controller_poll_setting_is_one_ray_train_reads_and_hands_to_its_controller(monkeypatch):
+    """A Ray upgrade that renames the variable would silently bring back 1-2 s at every fit's end."""
+    from ray.train.v2._internal import constants
+
+    from ptalign_ray.training.stage import CONTROLLER_POLL
+
+    name, value = CONTROLLER_POLL
+    assert name == constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR
+    assert 0 < float(value) < constants.DEFAULT_HEALTH_CHECK_INTERVAL_S
+    monkeypatch.setenv(name, value)
+    assert constants.get_env_vars_to_propagate().get(name) == value
