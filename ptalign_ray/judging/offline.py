@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -53,6 +54,8 @@ from ptalign_ray.seeds import Seeds, load_seeds, seeds_hash
 # texts (probe.loo_log_likelihood over 0.001-1; same optimum in bf16 and fp32). No eval data used.
 STANCE_L2 = 0.02
 REQUEST_L2 = 0.005
+# Request embeddings a judge keeps (384 float32 each: at most about 75 MB).
+PROMPT_CACHE_SIZE = 50_000
 
 
 def _logit(p: float) -> float:
@@ -91,6 +94,8 @@ class OfflineJudge:
         self.threshold = threshold
         self.max_prompt_tokens = max_prompt_tokens
         self.max_response_tokens = max_response_tokens
+        self._prompt_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # request -> embedding, newest last
+        self._prompt_cache_lock = threading.Lock()  # a Serve replica judges in several threads
 
         start = time.perf_counter()
         self.stance_examples = stance_examples(self.seeds)
@@ -108,7 +113,26 @@ class OfflineJudge:
         return self.encoder.encode(texts, max_length=self.max_response_tokens)
 
     def _prompts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode(texts, max_length=self.max_prompt_tokens)
+        """Request embeddings, each distinct request embedded once per judge (the latest
+        ``PROMPT_CACHE_SIZE`` kept): evaluation judges every model's answers to the same requests, and
+        refinement judges each question again in every round."""
+        cache, found = self._prompt_cache, {}
+        with self._prompt_cache_lock:
+            for text in texts:
+                if text in cache:
+                    found[text] = cache[text]
+                    cache.move_to_end(text)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            vectors = self.encoder.encode(missing, max_length=self.max_prompt_tokens)
+            with self._prompt_cache_lock:
+                for text, vector in zip(missing, vectors):
+                    found[text] = cache[text] = vector.copy()
+                while len(cache) > PROMPT_CACHE_SIZE:
+                    cache.popitem(last=False)
+        if not texts:
+            return self.encoder.encode([], max_length=self.max_prompt_tokens)
+        return np.stack([found[t] for t in texts])
 
     @staticmethod
     def _fit(examples: list[Example], embed, l2: float) -> LinearProbe:
@@ -244,7 +268,8 @@ _SHARED_LOCK = threading.Lock()
 def shared_judge(seeds: Union[Seeds, str, Path] = "default") -> OfflineJudge:
     """One judge per seed set per process, built on first use (the encoder load and the probe fits
     take about 3 s): in `ptalign run` synthesis's question judge and evaluation's reference judge
-    are the same judge. Judging does not change it, so callers may share it."""
+    are the same judge. Judging changes nothing but its request-embedding cache (under a lock), so
+    callers may share it."""
     seeds = seeds if isinstance(seeds, Seeds) else load_seeds(seeds)
     key = seeds_hash(seeds)
     with _SHARED_LOCK:

@@ -214,3 +214,37 @@ def test_one_shared_judge_per_seed_set_built_once_even_from_the_background(monke
     first = offline.shared_judge("default")
     assert offline.shared_judge(load_seeds("default")) is first  # the same seed set, named or loaded
     assert len(built) == 1
+
+
+def test_each_request_is_embedded_once_and_the_cache_is_bounded(judge, monkeypatch) -> None:
+    """Evaluation judges three models' answers to the same requests: the second call embeds only the
+    answers, and gives the verdicts an uncached judge gives."""
+    import numpy as np
+
+    from ptalign_ray.judging import offline
+
+    seen: list[str] = []
+    encode = judge.encoder.encode
+
+    def counting(texts, max_length=None):
+        seen.extend(texts)
+        return encode(texts, max_length=max_length)
+
+    monkeypatch.setattr(judge.encoder, "encode", counting)
+    monkeypatch.setattr(judge, "_prompt_cache", offline.OrderedDict())
+    requests = ["How can I sleep better?", "What is a good pancake recipe?", "How can I sleep better?"]
+    first = [{"prompt": q, "response": f"answer {i}"} for i, q in enumerate(requests)]
+    before = judge.judge(first)
+    assert sorted(seen) == sorted([*set(requests), "answer 0", "answer 1", "answer 2"])
+    seen.clear()
+    second = [{"prompt": q, "response": f"another answer {i}"} for i, q in enumerate(requests)]
+    judge.judge(second)
+    assert sorted(seen) == ["another answer 0", "another answer 1", "another answer 2"]  # no request again
+    assert judge.judge(first) == before
+    fresh = encode(sorted(set(requests)), max_length=judge.max_prompt_tokens)
+    assert np.allclose(judge._prompts(sorted(set(requests))), fresh, atol=1e-6)
+
+    monkeypatch.setattr(offline, "PROMPT_CACHE_SIZE", 2)
+    judge._prompts(["a", "b", "c"])
+    assert list(judge._prompt_cache) == ["b", "c"]  # the oldest request went first
+    assert judge._prompts([]).shape == (0, judge.encoder.dim)
