@@ -50,12 +50,13 @@ def _stage_context(args) -> Context:
     run = RunDir(args.run_dir)
     lock = _hold_lock(run)
     _open_run_log(args.run_dir)
-    init_ray(cfg.ray)
     if args.command in _GENERATE and needs_materialising(cfg.model.name_or_path):
         from ptalign_ray.generation import create_engines_early
 
+        init_ray(cfg.ray)
         create_engines_early(cfg.engine, cfg.model)  # vLLM's import overlaps the materialisation
-    model_path = resolve_model(cfg.model.name_or_path)
+    model_path = resolve_model(cfg.model.name_or_path)  # a bad model path fails before Ray starts
+    init_ray(cfg.ray)
     options = {o.dest: getattr(args, o.dest, None) for stage in STAGES for o in stage.options}
     return Context(cfg, run, model_path, log=_log, force=args.force, options=options, lock=lock)
 

@@ -178,10 +178,10 @@ def test_engines_are_created_while_the_embedded_model_is_materialised(monkeypatc
             cli._release_locks()
         return calls
 
-    assert context("run") == ["ray", "engines", "resolve"]
-    assert context("evaluate") == ["ray", "engines", "resolve"]
-    assert context("train") == ["ray", "resolve"]
+    assert context("run")[:3] == ["ray", "engines", "resolve"]  # (init_ray again after: a no-op)
+    assert context("evaluate")[:3] == ["ray", "engines", "resolve"]
+    assert context("train") == ["resolve", "ray"]  # a bad model path fails before Ray starts
     done = models._embedded_dir()
     done.mkdir(parents=True)
     (done / models._COMPLETE).write_text("ok\n")
-    assert context("run") == ["ray", "resolve"]
+    assert context("run") == ["resolve", "ray"]
